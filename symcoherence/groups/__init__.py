@@ -1,0 +1,39 @@
+"""Field types and exact or approximate symmetry-group actions on gridded fields (torch only).
+
+Example:
+    >>> import torch
+    >>> import symcoherence as sc
+    >>> omega = torch.randn(1, 32, 32)                 # vorticity: a pseudoscalar
+    >>> orbit = sc.groups.D4().orbit(omega, sc.FieldType(["pseudoscalar"]))
+    >>> orbit.shape
+    torch.Size([8, 1, 32, 32])
+"""
+
+from symcoherence.groups.base import Group, Subgroup
+from symcoherence.groups.field_types import KINDS, FieldType
+from symcoherence.groups.planar import (
+    C4,
+    D4,
+    Affine,
+    FourierShifts,
+    LatticeGroup,
+    Product,
+    Shifts,
+)
+from symcoherence.groups.registry import from_spec, register_group_type
+
+__all__ = [
+    "KINDS",
+    "C4",
+    "D4",
+    "Affine",
+    "FieldType",
+    "FourierShifts",
+    "Group",
+    "LatticeGroup",
+    "Product",
+    "Shifts",
+    "Subgroup",
+    "from_spec",
+    "register_group_type",
+]

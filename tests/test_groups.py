@@ -43,7 +43,9 @@ def test_group_laws_exhaustively(name):
         for b in group.elements:
             assert group.compose(a, b) in group  # closure
             for c in group.elements:
-                assert group.compose(group.compose(a, b), c) == group.compose(a, group.compose(b, c))
+                assert group.compose(group.compose(a, b), c) == group.compose(
+                    a, group.compose(b, c)
+                )
 
 
 def test_group_laws_of_a_semidirect_product_on_sampled_triples():
@@ -116,7 +118,9 @@ def _spectral_derivatives(field):
 def _band_limited(channels, n, modes=3, seed=0):
     rng = torch.Generator().manual_seed(seed)
     spectrum = torch.zeros(channels, n, n, dtype=torch.complex128)
-    block = torch.randn(channels, 2 * modes + 1, 2 * modes + 1, 2, generator=rng, dtype=torch.float64)
+    block = torch.randn(
+        channels, 2 * modes + 1, 2 * modes + 1, 2, generator=rng, dtype=torch.float64
+    )
     index = torch.arange(-modes, modes + 1) % n
     spectrum[:, index[:, None], index[None, :]] = torch.view_as_complex(block)
     return torch.fft.ifft2(spectrum).real * n * n

@@ -60,7 +60,9 @@ class Group(ABC):
         """Stack ``g·field`` over ``elements`` (default: all, identity first) -> ``(K, ...)``."""
         names = self.elements if elements is None else tuple(elements)
         if not names:
-            raise ValueError(f"orbit needs at least one element of {self.name}: {list(self.elements)}")
+            raise ValueError(
+                f"orbit needs at least one element of {self.name}: {list(self.elements)}"
+            )
         return torch.stack([self.act(name, field, field_type) for name in names])
 
     # ------------------------------------------------------------------ group structure

@@ -256,7 +256,9 @@ def _d4_table(rotations_only: bool) -> dict[str, Affine]:
         table["e" if k == 0 else ("r" if k == 1 else f"r{k}")] = Affine(m)
     if not rotations_only:
         for k, m in enumerate(rotations):
-            table["s" if k == 0 else ("sr" if k == 1 else f"sr{k}")] = Affine(_matmul(_REFLECTION, m))
+            table["s" if k == 0 else ("sr" if k == 1 else f"sr{k}")] = Affine(
+                _matmul(_REFLECTION, m)
+            )
     return table
 
 

@@ -21,19 +21,31 @@ from symcoherence.groups.planar import (
     Shifts,
 )
 from symcoherence.groups.registry import from_spec, register_group_type
+from symcoherence.groups.sphere import (
+    EquatorialReflection,
+    SphereElement,
+    SphereGroup,
+    SphereProduct,
+    ZonalShifts,
+)
 
 __all__ = [
     "KINDS",
     "C4",
     "D4",
     "Affine",
+    "EquatorialReflection",
     "FieldType",
     "FourierShifts",
     "Group",
     "LatticeGroup",
     "Product",
     "Shifts",
+    "SphereElement",
+    "SphereGroup",
+    "SphereProduct",
     "Subgroup",
+    "ZonalShifts",
     "from_spec",
     "register_group_type",
 ]

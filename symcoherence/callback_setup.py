@@ -1,0 +1,248 @@
+"""Probe set and configuration checks of :class:`~symcoherence.callback.OrbitCoherenceMonitor`.
+
+Resolves the group and field types, finds the model and loss to differentiate, draws the fixed,
+seeded probe set (from the datamodule's ``probe_batch`` or its dataloaders' datasets) and checks
+field types, group, model modes and model output against the data before the first measurement.
+
+Example:
+    >>> import torch
+    >>> from symcoherence.callback_setup import probe_fingerprint, resolve_group
+    >>> resolve_group("D4").name
+    'D4'
+    >>> x = torch.zeros(2, 1, 4, 4)
+    >>> probe_fingerprint(x, x) == probe_fingerprint(x.clone(), x.clone())
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from symcoherence.coherence import smse
+from symcoherence.coherence.per_sample import check_modes
+from symcoherence.groups import FieldType, Group, from_spec
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+SPLITS = ("train", "val", "test")
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def resolve_group(group: Group | str | dict | None) -> Group | None:
+    """A :class:`~symcoherence.groups.Group` from itself, a class name (``"D4"``) or a spec dict.
+
+    Example:
+        >>> resolve_group("C4").elements
+        ('e', 'r', 'r2', 'r3')
+    """
+    if group is None or isinstance(group, Group):
+        return group
+    if isinstance(group, dict):
+        return from_spec(group)
+    if not isinstance(group, str):
+        raise TypeError(
+            f"group must be a Group (e.g. symcoherence.groups.D4()), a name such as 'D4' or a "
+            f"group spec dict; got {type(group).__name__}"
+        )
+    import symcoherence.groups as groups
+
+    names = sorted(
+        n
+        for n in groups.__all__
+        if isinstance(getattr(groups, n), type) and issubclass(getattr(groups, n), Group)
+    )
+    factory = getattr(groups, group, None)
+    if group not in names:
+        raise ValueError(
+            f"unknown group name {group!r}; names resolved here are {names} (no-argument "
+            "constructors such as 'D4', 'C4'); for other groups pass the object, e.g. "
+            "group=symcoherence.groups.Shifts(box=1, period=64)"
+        )
+    try:
+        return factory()
+    except TypeError as err:
+        raise ValueError(
+            f"group {group!r} needs constructor arguments ({err}); pass the object instead, e.g. "
+            "group=symcoherence.groups.Shifts(box=1, period=64)"
+        ) from None
+
+
+def as_field_type(value: FieldType | Sequence[str] | None, name: str) -> FieldType | None:
+    """``value`` as a :class:`FieldType` (a list of kinds is converted); ``None`` stays ``None``."""
+    if value is None or isinstance(value, FieldType):
+        return value
+    if isinstance(value, (list, tuple)):
+        return FieldType(value)
+    raise TypeError(
+        f"{name} must be a FieldType (e.g. FieldType(['pseudoscalar'])) or a list of kinds, "
+        f"got {type(value).__name__}"
+    )
+
+
+def probe_fingerprint(inputs: torch.Tensor, targets: torch.Tensor) -> str:
+    """SHA-256 of the probe tensors' shapes, dtypes and bytes (identifies the probe set)."""
+    digest = hashlib.sha256()
+    for tensor in (inputs, targets):
+        plain = tensor.detach().to("cpu", copy=True).contiguous()
+        digest.update(f"{tuple(plain.shape)}{plain.dtype}".encode())
+        digest.update(plain.view(torch.uint8).numpy().tobytes() if plain.numel() else b"")
+    return digest.hexdigest()
+
+
+def find_model(pl_module: nn.Module) -> nn.Module:
+    """The module differentiated: ``pl_module.backbone`` when it is a module, else ``pl_module``."""
+    backbone = getattr(pl_module, "backbone", None)
+    return backbone if isinstance(backbone, nn.Module) else pl_module
+
+
+def measured_model(pl_module: nn.Module) -> nn.Module:
+    """:func:`find_model`, or a float32 copy of it when its parameters are in half precision."""
+    model = find_model(pl_module)
+    if any(p.dtype in _LOW_PRECISION for p in model.parameters()):
+        return copy.deepcopy(model).float()
+    return model
+
+
+def find_loss(pl_module: nn.Module, override: LossFn | None) -> LossFn:
+    """``override`` if given, else ``pl_module.loss_fn`` if callable, else :func:`~symcoherence.smse`."""
+    if override is not None:
+        return override
+    module_loss = getattr(pl_module, "loss_fn", None)
+    return module_loss if callable(module_loss) else smse
+
+
+def compute_dtype(pl_module: nn.Module) -> torch.dtype:
+    """float64 for float64 models, float32 otherwise (half precision is measured in float32)."""
+    floats = [p.dtype for p in find_model(pl_module).parameters() if p.is_floating_point()]
+    return torch.float64 if floats and floats[0] == torch.float64 else torch.float32
+
+
+def draw_probe(
+    trainer: Any, pl_module: nn.Module, size: int, split: str, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Draw the fixed probe set ``(inputs (N, C, H, W), targets, identity)``.
+
+    From ``trainer.datamodule.probe_batch(size, split=split, seed=seed)`` when the datamodule has
+    it; otherwise ``size`` distinct items of the ``{split}_dataloader()`` dataset, chosen by a
+    generator seeded with ``seed`` (the global RNG is not used). ``identity`` records the source,
+    split, seed, size, the indices (dataset draw) and a SHA-256 of the tensors.
+    """
+    datamodule = trainer.datamodule
+    identity: dict[str, Any] = {"split": split, "seed": seed, "size": size}
+    if callable(getattr(datamodule, "probe_batch", None)):
+        inputs, targets = datamodule.probe_batch(size, split=split, seed=seed)
+        identity["source"] = "probe_batch"
+    else:
+        dataset = _dataset(trainer, pl_module, split)
+        if len(dataset) < size:
+            raise ValueError(
+                f"the {split} dataset has {len(dataset)} samples but probe_size={size}; lower "
+                f"probe_size or provide more {split} data"
+            )
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+        indices = sorted(order[:size].tolist())
+        pairs = [dataset[i] for i in indices]
+        if not all(isinstance(p, (tuple, list)) and len(p) >= 2 for p in pairs):
+            raise TypeError(
+                f"{split} dataset items must be (input, target) pairs, got "
+                f"{type(pairs[0]).__name__}; give the datamodule a probe_batch(n, split, seed) "
+                "method returning (inputs, targets)"
+            )
+        inputs = torch.stack([torch.as_tensor(p[0]) for p in pairs])
+        targets = torch.stack([torch.as_tensor(p[1]) for p in pairs])
+        identity.update(source=f"{split}_dataloader", indices=indices)
+    if inputs.shape[0] != size or targets.shape[0] != size:
+        raise ValueError(
+            f"expected {size} probe pairs, got inputs {tuple(inputs.shape)} and targets "
+            f"{tuple(targets.shape)}"
+        )
+    identity["sha256"] = probe_fingerprint(inputs, targets)
+    dtype = compute_dtype(pl_module)
+    device = next(iter(pl_module.parameters())).device
+    return inputs.to(device, dtype), targets.to(device, dtype), identity
+
+
+def _dataset(trainer: Any, pl_module: nn.Module, split: str) -> Any:
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    hook = f"{split}_dataloader"
+    source = trainer.datamodule if trainer.datamodule is not None else pl_module
+    if not is_overridden(hook, source):
+        raise ValueError(
+            f"no probe data: {type(source).__name__} has neither probe_batch(n, split, seed) nor "
+            f"{hook}(); add one of them or choose another probe_split ({list(SPLITS)})"
+        )
+    loader = getattr(source, hook)()
+    if isinstance(loader, (list, tuple)):
+        loader = loader[0]
+    elif isinstance(loader, dict):
+        loader = next(iter(loader.values()))
+    dataset = getattr(loader, "dataset", None)
+    if dataset is None or not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+        raise TypeError(
+            f"{hook}() must return a DataLoader over a map-style dataset to draw probes from, "
+            f"got {type(loader).__name__}; give the datamodule a probe_batch(n, split, seed) method"
+        )
+    return dataset
+
+
+def check_configuration(
+    group: Group,
+    elements: Sequence[str],
+    field_type: FieldType,
+    target_field_type: FieldType,
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+) -> None:
+    """Raise a ``ValueError`` naming the fix unless data, group and model fit together.
+
+    Checks: the probe tensors match the field types; every element acts on the grid; no layer
+    normalizes with batch statistics or draws dropout masks in the mode the model is measured in;
+    the model maps one probe input to the shape of one target.
+    """
+    for kind, tensor, name, argument in (
+        (field_type, inputs, "probe inputs", "field_type"),
+        (target_field_type, targets, "probe targets", "target_field_type"),
+    ):
+        try:
+            kind.check(tensor, name)
+        except ValueError as err:
+            raise ValueError(
+                f"{err}. Pass {argument}=... to OrbitCoherenceMonitor or fix the datamodule's "
+                f"{argument}"
+            ) from None
+    try:
+        group.orbit(inputs[:1], field_type, elements)
+        group.orbit(targets[:1], target_field_type, elements)
+    except ValueError as err:
+        raise ValueError(
+            f"group {group.name} does not act on the data (shape {tuple(inputs.shape)}): {err}. "
+            "Pass a group=... that matches the grid"
+        ) from None
+    try:
+        check_modes(model, "error")
+    except ValueError as err:
+        raise ValueError(f"{err} (or keep OrbitCoherenceMonitor(eval_mode=True))") from None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.track_running_stats:
+            raise ValueError(
+                f"module {name!r} ({type(module).__name__}) has track_running_stats=False and "
+                "normalizes with batch statistics even in eval mode, so per-sample gradients are "
+                "not defined; use GroupNorm/LayerNorm or track running statistics"
+            )
+    with torch.no_grad():
+        output = model(inputs[:1])
+    if not torch.is_tensor(output) or output.shape != targets[:1].shape:
+        got = tuple(output.shape) if torch.is_tensor(output) else type(output).__name__
+        raise ValueError(
+            f"the measured model ({type(model).__name__}: pl_module.backbone if present, else "
+            f"pl_module) maps inputs {tuple(inputs[:1].shape)} to {got}, but targets are "
+            f"{tuple(targets[:1].shape)}; the monitor needs a one-step map (B, C_in, H, W) -> "
+            "(B, C_out, H, W) matching the targets"
+        )

@@ -9,5 +9,11 @@ Example:
 """
 
 from symcoherence.testing.equivariance import assert_equivariant, equivariance_defect
+from symcoherence.testing.reference import reference_grads, reference_orbit_influence
 
-__all__ = ["assert_equivariant", "equivariance_defect"]
+__all__ = [
+    "assert_equivariant",
+    "equivariance_defect",
+    "reference_grads",
+    "reference_orbit_influence",
+]

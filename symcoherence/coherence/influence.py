@@ -1,0 +1,223 @@
+r"""The orbit-influence engine: streaming per-sample gradients along group orbits.
+
+For probes ``(x_n, y_n)``, elements ``g_1..g_K`` and a metric ``M`` (DESIGN §1.1):
+
+.. math::
+
+    a_m = ∇_θ C(θ; x_m, y_m), \qquad b_n^g = ∇_θ C(θ; g·x_n, g·y_n), \qquad
+    H^g[n, m] = (b_n^g)^T M^{-1} a_m .
+
+The ket gradients are computed once; bra gradients are computed element by element and chunk by
+chunk and immediately reduced against ``M⁻¹ a``, so memory holds ``N·P`` numbers for the kets plus
+one chunk of bras, never ``K·N·P``. The identity element's bras are the kets themselves.
+
+Example:
+    >>> import torch
+    >>> import symcoherence as sc
+    >>> net = torch.nn.Conv2d(1, 1, 3, padding=1, padding_mode="circular")
+    >>> x, y = torch.randn(6, 1, 8, 8), torch.randn(6, 1, 8, 8)
+    >>> shifts = sc.groups.Shifts(line=("x", [1, 2]))
+    >>> result = sc.orbit_influence(net, sc.smse, x, y, shifts, sc.FieldType(["scalar"]))
+    >>> result.matrix.shape
+    torch.Size([3, 6, 6])
+    >>> [round(r, 6) for r in result.ratio.tolist()]   # circular convolution: exactly equivariant
+    [1.0, 1.0, 1.0]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from symcoherence.coherence.gauss_newton import GaussNewton
+from symcoherence.coherence.metrics import Adam, Identity, InfluenceProblem, Metric
+from symcoherence.coherence.normalization import check_normalization
+from symcoherence.coherence.per_sample import (
+    ChunkSize,
+    FunctionalModel,
+    LossFn,
+    ParameterFilter,
+    Randomness,
+    _plain,
+    check_modes,
+    check_pair,
+    grad_mode,
+)
+from symcoherence.coherence.result import OrbitInfluence
+from symcoherence.groups import FieldType, Group
+
+
+def resolve_metric(metric: str | Metric, optimizer: torch.optim.Optimizer | None = None) -> Metric:
+    """A :class:`~symcoherence.coherence.Metric` from a shorthand or a metric object.
+
+    Args:
+        metric: ``"identity"``, ``"adam"`` (needs ``optimizer``), ``"gauss_newton"`` (the default
+            :class:`~symcoherence.coherence.GaussNewton`) or a ``Metric``.
+        optimizer: the training optimizer, for ``"adam"``.
+
+    Example:
+        >>> resolve_metric("gauss_newton")
+        GaussNewton(damping=0.0001, solver='cg', tol=0.0001, max_iter=500, energy_cutoff=1e-12, output_scale=None)
+    """
+    if isinstance(metric, Metric):
+        return metric
+    if metric == "identity":
+        return Identity()
+    if metric == "gauss_newton":
+        return GaussNewton()
+    if metric == "adam":
+        if optimizer is None:
+            raise ValueError(
+                "metric='adam' reads the optimizer's second moments: pass optimizer=... "
+                "(or metric=Adam(optimizer))"
+            )
+        return Adam(optimizer)
+    raise ValueError(
+        f"unknown metric {metric!r}; expected 'identity', 'adam', 'gauss_newton' or a Metric "
+        "object such as GaussNewton(solver='subspace')"
+    )
+
+
+def resolve_elements(group: Group, elements: Sequence[str] | None) -> tuple[str, ...]:
+    """``elements`` (default: all of ``group``), checked to be distinct members, non-empty."""
+    if not isinstance(group, Group):
+        raise TypeError(
+            f"group must be a symcoherence Group (e.g. D4()), got {type(group).__name__}"
+        )
+    if isinstance(elements, str):
+        raise TypeError(f"elements must be a list of names, got the string {elements!r}")
+    names = group.elements if elements is None else tuple(elements)
+    if not names:
+        raise ValueError(f"the element list is empty; pass some of {list(group.elements)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"elements must be distinct, got {list(names)}")
+    for name in names:
+        group.check_element(name)
+    return names
+
+
+def module_columns(fmodel: FunctionalModel) -> dict[str, torch.Tensor]:
+    """Flat-parameter columns of each module (``"(root)"`` for parameters of the model itself)."""
+    grouped: dict[str, list[torch.Tensor]] = {}
+    for name in fmodel.layout.names:
+        module = name.rsplit(".", 1)[0] if "." in name else "(root)"
+        part = fmodel.layout.slices[name]
+        grouped.setdefault(module, []).append(
+            torch.arange(part.start, part.stop, device=fmodel.device)
+        )
+    return {module: torch.cat(parts) for module, parts in grouped.items()}
+
+
+def orbit_influence(
+    model: nn.Module,
+    loss_fn: LossFn,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    group: Group,
+    field_type: FieldType,
+    target_field_type: FieldType | None = None,
+    elements: Sequence[str] | None = None,
+    metric: str | Metric = "identity",
+    normalization: str = "standard",
+    chunk_size: ChunkSize = "auto",
+    parameter_filter: ParameterFilter = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    breakdown: bool = False,
+    randomness: Randomness = "error",
+) -> OrbitInfluence:
+    r"""Orbit influence ``H^g[n, m] = (b_n^g)ᵀ M⁻¹ a_m`` for every element ``g`` (see module docs).
+
+    Args:
+        model: maps ``(B, C, H, W)`` inputs to predictions shaped like the targets.
+        loss_fn: per-sample loss on unbatched tensors (default choice:
+            :func:`~symcoherence.coherence.smse`).
+        inputs: probe states ``(N, C, H, W)``, typed by ``field_type``.
+        targets: next states ``(N, C', H, W)``, typed by ``target_field_type``.
+        group: the symmetry group; pairs are moved with ``group.act_pair``.
+        field_type: field type of the inputs.
+        target_field_type: field type of the targets (default ``field_type``).
+        elements: element names (default: all of ``group``, identity first).
+        metric: ``"identity"``, ``"adam"``, ``"gauss_newton"`` or a
+            :class:`~symcoherence.coherence.Metric`.
+        normalization: ``"standard"``, ``"cosine"`` or ``"none"`` (stored on the result; the raw
+            matrix does not depend on it).
+        chunk_size: samples per vmapped gradient call (see
+            :func:`~symcoherence.coherence.per_sample_grads`).
+        parameter_filter: which parameters span ``θ`` (``None``: all trainable).
+        optimizer: the optimizer whose state ``metric="adam"`` reads.
+        breakdown: also return ``by_module`` raw matrices (diagonal metrics only) that sum to
+            ``matrix``: which modules carry, and which break, the coupling along the orbit.
+        randomness: dropout handling, as in ``per_sample_grads``.
+
+    Returns:
+        :class:`~symcoherence.coherence.OrbitInfluence` with ``matrix`` ``(K, N, N)``.
+
+    Raises:
+        ValueError: on shape / field-type mismatch, an empty or unknown element list, an unknown
+            metric or normalization, ``N < 2`` with ``standard``, ``breakdown`` with a
+            non-diagonal metric, or a model in a mode that makes gradients ill-defined.
+    """
+    check_pair(inputs, targets)
+    target_field_type = field_type if target_field_type is None else target_field_type
+    for kind, value, name in (
+        (field_type, inputs, "inputs"),
+        (target_field_type, targets, "targets"),
+    ):
+        if not isinstance(kind, FieldType):
+            raise TypeError(f"field types must be FieldType objects, got {type(kind).__name__}")
+        kind.check(value, name)
+    names = resolve_elements(group, elements)
+    check_normalization(normalization, inputs.shape[0])
+    metric = resolve_metric(metric, optimizer)
+    if breakdown and not metric.diagonal:
+        raise ValueError(
+            f"breakdown=True splits H exactly over parameter groups only for diagonal metrics "
+            f"('identity', 'adam'), got {metric!r}"
+        )
+    check_modes(model, randomness)
+    with grad_mode():
+        fmodel = FunctionalModel(model, parameter_filter)
+        inputs, targets = _plain(inputs), _plain(targets)
+        kets = torch.empty(
+            inputs.shape[0], fmodel.layout.size, dtype=fmodel.dtype, device=fmodel.device
+        )
+        for samples, block in fmodel.flat_grads(loss_fn, inputs, targets, chunk_size, randomness):
+            kets[samples] = block
+
+        def bra_blocks() -> Iterator[tuple[int, slice, torch.Tensor]]:
+            for index, element in enumerate(names):
+                if element == group.identity:
+                    yield index, slice(0, inputs.shape[0]), kets
+                    continue
+                moved = group.act_pair(element, inputs, targets, field_type, target_field_type)
+                for samples, block in fmodel.flat_grads(loss_fn, *moved, chunk_size, randomness):
+                    yield index, samples, block
+
+        problem = InfluenceProblem(
+            fmodel=fmodel,
+            ket_inputs=inputs,
+            kets=kets,
+            bra_blocks=bra_blocks,
+            num_elements=len(names),
+            need_bra_self=normalization == "cosine",
+            groups=module_columns(fmodel) if breakdown else None,
+        )
+        reduced = metric.reduce(problem)
+    return OrbitInfluence(
+        matrix=reduced.matrix.detach(),
+        bra_self=reduced.bra_self.detach(),
+        ket_self=reduced.ket_self.detach(),
+        elements=names,
+        group_name=group.name,
+        normalization=normalization,
+        identity=group.identity,
+        metric=metric.name,
+        info=reduced.info,
+        by_module=reduced.by_module,
+    )
+
+
+__all__ = ["module_columns", "orbit_influence", "resolve_elements", "resolve_metric"]

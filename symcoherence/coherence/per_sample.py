@@ -1,0 +1,323 @@
+r"""Per-sample loss gradients with ``torch.func``: ``a_n = ∇θ loss(f_θ(x_n), y_n)`` for every ``n``.
+
+The model is called functionally (``functional_call``) on a detached copy of its parameters and
+buffers, and ``vmap(grad(·))`` batches the per-sample gradient over samples, in chunks whose size is
+picked so that the batched path is never slower than a Python loop on CPU and its memory stays
+bounded. Complex parameters (spectral layers) are flattened as pairs of real numbers, so the flat
+inner product is the real Euclidean one, ``⟨b, a⟩ = Σ Re(b̄ a)``.
+
+Example:
+    >>> import torch
+    >>> from symcoherence.coherence import per_sample_grads, smse
+    >>> net = torch.nn.Conv2d(1, 1, 3, padding=1, padding_mode="circular")
+    >>> x, y = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8)
+    >>> grads = per_sample_grads(net, smse, x, y)
+    >>> grads["weight"].shape
+    torch.Size([4, 1, 1, 3, 3])
+    >>> per_sample_grads(net, smse, x, y, flatten=True).shape
+    torch.Size([4, 10])
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+ParameterFilter = Callable[[str, nn.Parameter], bool] | Iterable[str] | None
+ChunkSize = int | Literal["auto"] | None
+Randomness = Literal["error", "different", "same"]
+
+# Automatic chunks hold at most this many bytes of per-sample gradients (times a small factor for
+# the flat copy and the batched activations) ...
+_AUTO_CHUNK_BYTES = 32 * 2**20
+# ... and never more than this many samples on CPU, where very wide vmapped kernels lose to a loop.
+_AUTO_CHUNK_CPU_CAP = 8
+_AUTO_CHUNK_GPU_CAP = 256
+
+
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    """A detached tensor that autograd may use (inference tensors are copied out)."""
+    tensor = tensor.detach()
+    return tensor.clone() if tensor.is_inference() else tensor
+
+
+def grad_mode() -> contextlib.ExitStack:
+    """Leave any outer ``torch.no_grad()`` / ``torch.inference_mode()`` for the engine's autograd."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode(False))
+    stack.enter_context(torch.enable_grad())
+    return stack
+
+
+class ParameterLayout:
+    """Flattening of a parameter dict into one real vector of length ``P`` (and back).
+
+    A real parameter of shape ``s`` takes ``prod(s)`` entries; a complex one takes ``2·prod(s)``
+    (real and imaginary parts interleaved, as ``torch.view_as_real``).
+    """
+
+    def __init__(self, params: dict[str, torch.Tensor]):
+        self.names = tuple(params)
+        self.shapes = {name: p.shape for name, p in params.items()}
+        self.complex = {name: p.is_complex() for name, p in params.items()}
+        self.sizes = {name: p.numel() * (2 if p.is_complex() else 1) for name, p in params.items()}
+        offsets = [0, *torch.tensor(list(self.sizes.values())).cumsum(0).tolist()]
+        self.slices = {
+            name: slice(start, stop)
+            for name, start, stop in zip(self.names, offsets[:-1], offsets[1:], strict=True)
+        }
+        self.size = offsets[-1]
+
+    def flatten(self, tensors: dict[str, torch.Tensor], batch_dims: int = 1) -> torch.Tensor:
+        """``{name: (*batch, *shape)}`` -> ``(*batch, P)`` real."""
+        parts = []
+        for name in self.names:
+            value = tensors[name]
+            if self.complex[name]:
+                value = torch.view_as_real(value)
+            parts.append(value.reshape(*value.shape[:batch_dims], -1))
+        return torch.cat(parts, dim=-1)
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``(*batch, P)`` real -> ``{name: (*batch, *shape)}`` (complex where the parameter is)."""
+        batch = flat.shape[:-1]
+        out = {}
+        for name in self.names:
+            piece = flat[..., self.slices[name]]
+            if self.complex[name]:
+                piece = torch.view_as_complex(piece.reshape(*batch, *self.shapes[name], 2))
+            else:
+                piece = piece.reshape(*batch, *self.shapes[name])
+            out[name] = piece
+        return out
+
+
+def select_parameters(
+    model: nn.Module, parameter_filter: ParameterFilter
+) -> dict[str, nn.Parameter]:
+    """``{name: parameter}`` chosen by a filter (see :class:`FunctionalModel`), in model order."""
+    named = dict(model.named_parameters())
+    if parameter_filter is None:
+        chosen = {n: p for n, p in named.items() if p.requires_grad}
+    elif callable(parameter_filter):
+        chosen = {n: p for n, p in named.items() if parameter_filter(n, p)}
+    else:
+        wanted = list(parameter_filter)
+        if isinstance(parameter_filter, str):
+            raise TypeError(
+                f"parameter filter must be a callable (name, parameter) -> bool or a list of "
+                f"names, got the string {parameter_filter!r}; write [{parameter_filter!r}]"
+            )
+        unknown = [n for n in wanted if n not in named]
+        if unknown:
+            raise ValueError(f"unknown parameter name(s) {unknown}; the model has {list(named)}")
+        chosen = {n: named[n] for n in named if n in set(wanted)}
+    if not chosen:
+        raise ValueError(
+            "no parameter selected: the filter matched none of "
+            f"{list(named)} (or the model has no trainable parameters)"
+        )
+    return chosen
+
+
+def check_modes(model: nn.Module, randomness: Randomness) -> None:
+    """Refuse BatchNorm in training mode and active dropout without an explicit ``randomness``."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase) and module.training:
+            raise ValueError(
+                f"module {name or type(module).__name__!r} ({type(module).__name__}) is in "
+                "training mode: per-sample gradients would use per-chunk batch statistics and "
+                "mutate its running statistics; call model.eval() first (batch norm then uses "
+                "its running statistics, as at inference)"
+            )
+        if (
+            isinstance(module, nn.modules.dropout._DropoutNd)
+            and module.training
+            and module.p > 0
+            and randomness == "error"
+        ):
+            raise ValueError(
+                f"module {name!r} ({type(module).__name__}, p={module.p}) is in training mode, so "
+                "each per-sample gradient draws a random mask; call model.eval(), or pass "
+                "randomness='different' (independent masks per sample) or 'same' (one mask)"
+            )
+
+
+class FunctionalModel:
+    """A model called as a pure function of a (selected) parameter dict.
+
+    Args:
+        model: the module; it is never modified.
+        parameter_filter: ``None`` (all parameters with ``requires_grad``), a callable
+            ``(name, parameter) -> bool``, or a list of parameter names.
+
+    Attributes:
+        params: the selected parameters, detached ``{name: tensor}``.
+        originals: the same parameters as the model holds them (for optimizer-state look-ups).
+        layout: their :class:`ParameterLayout` (``layout.size`` is ``P``).
+    """
+
+    def __init__(self, model: nn.Module, parameter_filter: ParameterFilter = None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        chosen = select_parameters(model, parameter_filter)
+        self.originals = chosen
+        self.params = {n: _plain(p) for n, p in chosen.items()}
+        self.constants = {n: _plain(p) for n, p in model.named_parameters() if n not in chosen}
+        self.constants.update({n: _plain(b) for n, b in model.named_buffers()})
+        self.layout = ParameterLayout(self.params)
+        first = next(iter(self.params.values()))
+        self.device = first.device
+        self.dtype = first.real.dtype if first.is_complex() else first.dtype
+
+    def __call__(self, params: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+        """``f_θ(inputs)`` for a batch ``(B, C, H, W)``."""
+        return functional_call(self.model, {**self.constants, **params}, (inputs,))
+
+    def sample_loss(self, loss_fn: LossFn) -> Callable:
+        """``(params, x, y) -> loss(f(x[None])[0], y)`` for one unbatched sample."""
+
+        def loss(params, x, y):
+            return loss_fn(self(params, x.unsqueeze(0)).squeeze(0), y)
+
+        return loss
+
+    def grad_blocks(
+        self,
+        loss_fn: LossFn,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        chunk_size: ChunkSize = "auto",
+        randomness: Randomness = "error",
+    ) -> Iterator[tuple[slice, dict[str, torch.Tensor]]]:
+        """Yield ``(samples, {name: (c, *shape)})`` per chunk of samples."""
+        size = resolve_chunk_size(
+            chunk_size, inputs.shape[0], self.layout.size, self.dtype, self.device
+        )
+        batched = vmap(grad(self.sample_loss(loss_fn)), in_dims=(None, 0, 0), randomness=randomness)
+        for start in range(0, inputs.shape[0], size):
+            samples = slice(start, min(start + size, inputs.shape[0]))
+            yield samples, batched(self.params, inputs[samples], targets[samples])
+
+    def flat_grads(self, loss_fn, inputs, targets, chunk_size="auto", randomness="error"):
+        """Yield ``(samples, (c, P))`` flat per-sample gradient blocks."""
+        for samples, block in self.grad_blocks(loss_fn, inputs, targets, chunk_size, randomness):
+            yield samples, self.layout.flatten(block)
+
+
+def resolve_chunk_size(
+    chunk_size: ChunkSize,
+    num_samples: int,
+    num_params: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> int:
+    """Samples per ``vmap`` call: an explicit positive int, ``None`` (all at once) or ``"auto"``.
+
+    ``"auto"`` keeps a chunk's per-sample gradients within 32 MiB and, on CPU, at most 8 samples
+    (measured: wider vmapped kernels run no faster than a loop there and only cost memory).
+    """
+    if chunk_size is None:
+        return max(num_samples, 1)
+    if chunk_size == "auto":
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        by_memory = _AUTO_CHUNK_BYTES // max(3 * num_params * itemsize, 1)
+        cap = _AUTO_CHUNK_CPU_CAP if torch.device(device).type == "cpu" else _AUTO_CHUNK_GPU_CAP
+        return int(max(1, min(by_memory, cap, max(num_samples, 1))))
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, None or 'auto', got {chunk_size!r}")
+    return chunk_size
+
+
+def check_pair(inputs: torch.Tensor, targets: torch.Tensor) -> None:
+    """Batched ``(N, C, H, W)`` inputs and targets with the same ``N``."""
+    for name, value in (("inputs", inputs), ("targets", targets)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        if value.dim() < 2:
+            raise ValueError(
+                f"{name} must be batched, (N, C, H, W), got shape {tuple(value.shape)}"
+            )
+    if inputs.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"inputs and targets must hold the same number of samples, got {inputs.shape[0]} "
+            f"(shape {tuple(inputs.shape)}) and {targets.shape[0]} (shape {tuple(targets.shape)})"
+        )
+    if inputs.shape[0] == 0:
+        raise ValueError("inputs are empty (N = 0); pass at least one sample")
+
+
+def per_sample_grads(
+    model: nn.Module,
+    loss_fn: LossFn,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_size: ChunkSize = "auto",
+    params: ParameterFilter = None,
+    *,
+    flatten: bool = False,
+    randomness: Randomness = "error",
+) -> dict[str, torch.Tensor] | torch.Tensor:
+    r"""Per-sample gradients ``a_n = ∇θ loss(f_θ(x_n), y_n)``, ``n = 1..N``.
+
+    Computed as ``vmap(grad(θ ↦ loss(f_θ(x), y)))`` with ``functional_call`` on detached
+    parameters and buffers; the model and its statistics are left untouched, and outer
+    ``torch.no_grad()`` / ``torch.inference_mode()`` contexts are exited for the computation.
+
+    Args:
+        model: maps a batch ``(B, C, H, W)`` to predictions ``(B, ...)``.
+        loss_fn: per-sample loss ``loss_fn(prediction, target) -> scalar`` on unbatched tensors
+            (e.g. :func:`~symcoherence.coherence.smse`).
+        inputs: ``(N, C, H, W)``.
+        targets: ``(N, ...)``, one per input.
+        chunk_size: samples per vmapped call: ``"auto"`` (bounded memory, never slower than a loop
+            on CPU), a positive int, or ``None`` for all at once.
+        params: which parameters: ``None`` (all with ``requires_grad``), a callable
+            ``(name, parameter) -> bool`` or a list of names.
+        flatten: return one ``(N, P)`` real tensor (complex parameters as real/imaginary pairs, in
+            ``model.named_parameters()`` order) instead of a dict.
+        randomness: ``vmap`` randomness for modules that draw random numbers (dropout in training
+            mode): ``"error"`` (refuse), ``"different"`` or ``"same"`` mask across samples.
+
+    Returns:
+        ``{name: (N, *param.shape)}``, or ``(N, P)`` when ``flatten``.
+
+    Raises:
+        ValueError: on mismatched sample counts, BatchNorm in training mode, active dropout with
+            ``randomness="error"``, or a filter that selects nothing.
+    """
+    check_pair(inputs, targets)
+    check_modes(model, randomness)
+    with grad_mode():
+        fmodel = FunctionalModel(model, params)
+        inputs, targets = _plain(inputs), _plain(targets)
+        if flatten:
+            out = torch.empty(
+                inputs.shape[0], fmodel.layout.size, dtype=fmodel.dtype, device=fmodel.device
+            )
+            for samples, block in fmodel.flat_grads(
+                loss_fn, inputs, targets, chunk_size, randomness
+            ):
+                out[samples] = block
+            return out
+        blocks = [
+            block
+            for _, block in fmodel.grad_blocks(loss_fn, inputs, targets, chunk_size, randomness)
+        ]
+        return {name: torch.cat([b[name] for b in blocks]) for name in fmodel.layout.names}
+
+
+__all__ = [
+    "FunctionalModel",
+    "ParameterLayout",
+    "per_sample_grads",
+    "resolve_chunk_size",
+    "select_parameters",
+]

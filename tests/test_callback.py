@@ -1,0 +1,207 @@
+"""OrbitCoherenceMonitor in real (tiny, CPU) Trainer runs: logging, schedule, known answers, errors."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_callback_helpers import PlainData, RecordingLogger, TinyData, TinyModule, tiny_backbone, trainer
+from torch import nn
+
+import symcoherence as sc
+from symcoherence.callback import MeasurementError
+from symcoherence.callback_isolation import isolated
+from symcoherence.models import GroupAveraged
+
+D4 = sc.groups.D4().elements
+
+
+def expected_keys(group="D4", elements=D4, prefix=""):
+    keys = {f"{prefix}coherence/{group}/orbit", f"{prefix}basin/{group}/compatibility"}
+    keys.add(f"{prefix}baseline/{group}/offdiag_median")
+    for e in elements:
+        keys |= {f"{prefix}influence/{group}/{e}/{q}" for q in ("median", "q1", "q3")}
+        keys |= {f"{prefix}equivariance/{group}/{e}/{q}" for q in ("median", "q3")}
+        keys.add(f"{prefix}coherence/{group}/ratio/{e}")
+    return keys
+
+
+def fired(logger: RecordingLogger, key="basin/D4/compatibility") -> dict[int, float]:
+    return logger.values(key)
+
+
+# ---------------------------------------------------------------- logging
+def test_tensorboard_event_files_hold_scalars_images_histograms_layout_and_hparams(tmp_path):
+    recording = RecordingLogger()
+    tensorboard = TensorBoardLogger(tmp_path, name="tb", version=0)
+    monitor = sc.OrbitCoherenceMonitor(every_n_train_steps=2, probe_size=6)
+    trainer([monitor], logger=[recording, tensorboard], max_epochs=1).fit(TinyModule(), datamodule=TinyData())
+    tensorboard.experiment.flush()
+
+    events = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"tensors": 0, "images": 0, "histograms": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert expected_keys() <= set(tags["scalars"])
+    for key in expected_keys():  # written once per firing, with the values every logger got
+        logged = {e.step: e.value for e in events.Scalars(key)}
+        assert sorted(logged) == [2, 4]
+        for step, value in recording.values(key).items():
+            assert logged[step] == pytest.approx(value, rel=1e-6)
+    assert {"influence/D4/figure", "influence/D4/heatmap"} <= set(tags["images"])
+    assert len(events.Images("influence/D4/heatmap")) == 2
+    assert {f"influence/D4/{e}" for e in D4} <= set(tags["histograms"])
+    assert events.Histograms("influence/D4/r")[0].histogram_value.num == 6
+
+    from tensorboard.plugins.custom_scalar import layout_pb2
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    configs = events.Tensors("custom_scalars__config__")
+    assert len(configs) == 1  # written once
+    layout = layout_pb2.Layout.FromString(configs[0].tensor_proto.string_val[0])
+    (category,) = layout.category
+    assert category.title == "coherence/D4"
+    ratio_chart = next(c for c in category.chart if c.title == "ratio per element")
+    assert list(ratio_chart.multiline.tag) == [f"^coherence/D4/ratio/{e}$" for e in D4]
+
+    content = events.PluginTagToContent("hparams")
+    experiments = [plugin_data_pb2.HParamsPluginData.FromString(v) for k, v in content.items() if k == "_hparams_/experiment"]
+    metric_tags = {m.name.tag for e in experiments for m in e.experiment.metric_infos}
+    assert "basin/D4/compatibility" in metric_tags
+
+
+def test_any_logger_gets_the_scalars_and_callback_metrics_are_set():
+    recording = RecordingLogger()
+    monitor = sc.OrbitCoherenceMonitor(every_n_train_steps=3, every_n_epochs=None, probe_size=4, prefix="probe/")
+    fit = trainer([monitor], logger=recording, max_epochs=2)
+    fit.fit(TinyModule(), datamodule=TinyData())
+    steps = [s for s, m in recording.records if "probe/coherence/D4/orbit" in m]
+    assert steps == [3, 6]  # by optimizer steps only, once each
+    assert expected_keys(prefix="probe/") <= set(fit.callback_metrics)
+    assert all(math.isfinite(v) for _, m in recording.records for v in m.values())
+
+
+def test_epoch_schedule_and_gradient_accumulation_count_optimizer_steps():
+    recording = RecordingLogger()
+    monitors = [
+        sc.OrbitCoherenceMonitor(every_n_train_steps=1, every_n_epochs=None, probe_size=4, equivariance=False),
+        sc.OrbitCoherenceMonitor(group="C4", every_n_epochs=2, probe_size=4, equivariance=False),
+    ]
+    trainer(monitors, logger=recording, max_epochs=4, accumulate_grad_batches=2).fit(TinyModule(), datamodule=TinyData())
+    assert sorted(recording.values("coherence/D4/orbit")) == list(range(1, 9))  # 2 steps per epoch
+    assert sorted(recording.values("coherence/C4/orbit")) == [4, 8]  # ends of epochs 2 and 4
+
+
+def test_measuring_from_a_validation_hook_leaves_inference_mode():
+    monitor = sc.OrbitCoherenceMonitor(every_n_epochs=10**6, probe_size=4)
+
+    class Measuring(TinyModule):
+        def on_validation_epoch_end(self):
+            assert not torch.is_grad_enabled()
+            with torch.inference_mode():  # what trainer.validate() runs under
+                self.measured = monitor.measure(self.trainer, self)
+
+    module = Measuring()
+    trainer([monitor], max_epochs=1).fit(module, datamodule=TinyData())
+    assert expected_keys() <= set(module.measured)
+
+
+# ---------------------------------------------------------------- known answer
+def test_group_averaged_model_has_ratio_one_for_every_element(tol):
+    backbone = GroupAveraged(tiny_backbone(), sc.groups.D4(), sc.FieldType(["scalar"]))
+    recording = RecordingLogger()
+    monitor = sc.OrbitCoherenceMonitor(every_n_train_steps=2, probe_size=6)
+    trainer([monitor], logger=recording, max_epochs=1, precision="64-true").fit(TinyModule(backbone), datamodule=TinyData())
+    assert sorted(fired(recording)) == [2, 4]
+    for element in D4:
+        ratios = list(recording.values(f"coherence/D4/ratio/{element}").values())
+        errors = list(recording.values(f"equivariance/D4/{element}/median").values())
+        assert ratios == pytest.approx([1.0, 1.0], rel=1e-9)  # fp64, sums in another order
+        assert errors == pytest.approx([1.0, 1.0], rel=1e-9)
+
+
+def test_non_equivariant_model_is_not_ratio_one():
+    recording = RecordingLogger()
+    module = TinyModule(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 1, 1)))
+    trainer([sc.OrbitCoherenceMonitor(probe_size=8)], logger=recording, max_epochs=1).fit(module, datamodule=TinyData())
+    ratios = [recording.values(f"coherence/D4/ratio/{e}")[4] for e in D4[1:]]
+    assert max(abs(r - 1.0) for r in ratios) > 1e-3
+
+
+# ---------------------------------------------------------------- non-interference
+def _training_run(with_monitor: bool):
+    torch.manual_seed(0)
+    np.random.seed(0)  # noqa: NPY002 - the global state is what the monitor must leave alone
+    random.seed(0)
+    backbone = nn.Sequential(tiny_backbone(), nn.Dropout(0.2))  # training consumes the RNG
+    module = TinyModule(backbone)
+    recording = RecordingLogger()
+    callbacks = [sc.OrbitCoherenceMonitor(every_n_train_steps=2, probe_size=4, metric="adam")] if with_monitor else []
+    data = TinyData()
+    data.train_dataloader = lambda: torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*data.train_pairs), batch_size=4, shuffle=True)
+    fit = trainer(callbacks, logger=recording, max_epochs=2)
+    fit.fit(module, datamodule=data)
+    losses = [m["train_loss"] for _, m in recording.records if "train_loss" in m]
+    state = fit.optimizers[0].state_dict()["state"]
+    return module, losses, state, recording, (torch.rand(3), np.random.rand(), random.random())
+
+
+def test_training_is_bitwise_identical_with_and_without_the_monitor():
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        plain, plain_losses, plain_state, _, plain_rng = _training_run(False)
+        watched, watched_losses, watched_state, recording, watched_rng = _training_run(True)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    assert sorted(fired(recording)) == [2, 4, 6, 8]
+    assert plain_losses == watched_losses
+    for a, b in zip(plain.state_dict().values(), watched.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    for key in plain_state:
+        for name in plain_state[key]:
+            assert torch.equal(torch.as_tensor(plain_state[key][name]), torch.as_tensor(watched_state[key][name]))
+    assert torch.equal(plain_rng[0], watched_rng[0]) and plain_rng[1:] == watched_rng[1:]
+
+
+def test_isolation_restores_everything_even_when_the_measurement_raises():
+    net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)).train()
+    optimizer = torch.optim.Adam(net.parameters())
+    net(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    net[0].bias.requires_grad_(False)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    moments = optimizer.state[net[0].weight]["exp_avg_sq"].clone()
+    grad = net[0].weight.grad
+    rng = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    with pytest.raises(RuntimeError, match="inside"), isolated(net, [optimizer], eval_mode=True):
+        assert not net.training and torch.is_grad_enabled()
+        torch.rand(5), np.random.rand(), random.random()
+        with torch.no_grad():
+            net[0].weight.add_(1.0)
+            net[1].running_mean.add_(1.0)
+            optimizer.state[net[0].weight]["exp_avg_sq"].mul_(3.0)
+        net[0].weight.grad = None
+        net[0].bias.requires_grad_(True)
+        raise RuntimeError("inside")
+    assert net.training and net[1].training and not net[0].bias.requires_grad
+    assert net[0].weight.grad is grad
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, before[key])
+    assert torch.equal(optimizer.state[net[0].weight]["exp_avg_sq"], moments)
+    assert torch.equal(torch.get_rng_state(), rng[0])
+    assert np.array_equal(np.random.get_state()[1], rng[1]) and random.getstate() == rng[2]
+
+
+def test_mixed_precision_training_is_measured_in_float32():
+    recording = RecordingLogger()
+    monitor = sc.OrbitCoherenceMonitor(every_n_train_steps=2, probe_size=4)
+    trainer([monitor], logger=recording, max_epochs=1, precision="bf16-mixed").fit(TinyModule(), datamodule=TinyData())
+    monitor_probe = monitor._probe[0]
+    assert monitor_probe.dtype == torch.float32
+    assert sorted(fired(recording)) == [2, 4]

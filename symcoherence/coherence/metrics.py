@@ -182,7 +182,7 @@ class Adam(DiagonalMetric):
         """``1 / (sqrt(v̂) + eps)`` over the selected parameters."""
         group_of = {id(p): g for g in self.optimizer.param_groups for p in g["params"]}
         kind = type(self.optimizer).__name__
-        pieces = {}
+        pieces = []
         for name, param in fmodel.originals.items():
             group = group_of.get(id(param))
             if group is None:
@@ -209,10 +209,12 @@ class Adam(DiagonalMetric):
                     f"{sorted(state)} and group keys {sorted(k for k in group if k != 'params')}; "
                     "use metric='identity' or 'gauss_newton' for other optimizers"
                 )
-            step = float(state["step"])
-            second = state[key].detach() / (1.0 - group["betas"][1] ** step)
-            pieces[name] = 1.0 / (second.sqrt() + group["eps"])
-        return fmodel.layout.flatten(pieces, batch_dims=0).to(fmodel.dtype)
+            second = state[key].detach()
+            if second.is_complex():  # Adam keeps complex moments per real component
+                second = torch.view_as_real(second)
+            bias = 1.0 - group["betas"][1] ** float(state["step"])
+            pieces.append((1.0 / ((second / bias).sqrt() + group["eps"])).reshape(-1))
+        return torch.cat(pieces).to(fmodel.dtype)
 
     def __repr__(self) -> str:
         return f"Adam({type(self.optimizer).__name__})"

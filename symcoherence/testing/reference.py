@@ -64,6 +64,7 @@ def _adam_diagonal(optimizer: torch.optim.Optimizer, params: list[nn.Parameter])
     for p in params:
         group, state = groups[id(p)], optimizer.state[p]
         v = state["max_exp_avg_sq"] if group.get("amsgrad", False) else state["exp_avg_sq"]
+        v = torch.view_as_real(v) if v.is_complex() else v
         v_hat = v / (1 - group["betas"][1] ** float(state["step"]))
         pieces.append(v_hat.sqrt() + group["eps"])
     return _flat(pieces)

@@ -100,7 +100,7 @@ def test_grid_round_trip_and_frame_layout(tol):
     torch.testing.assert_close(frames[2], solver.step(frames[1], 2), **tol["fp64"])
     # The Galewsky jet blows eastward in the northern mid-latitudes (u > 0, index 0 = north pole).
     jet_row = int(torch.argmax(state[0].mean(-1)))
-    assert state[0, jet_row].mean() > 50 and solver.solver.lats[jet_row] > 0
+    assert state[0, jet_row].mean() > 30 and solver.solver.lats[jet_row] > 0
 
 
 def test_batched_step_matches_one_by_one(tol):

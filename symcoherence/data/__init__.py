@@ -1,9 +1,9 @@
 """Data: a Navier–Stokes solver, initial conditions, forcings, a trajectory cache and datamodules.
 
 Example:
-    >>> from symcoherence.data import cache_key
-    >>> len(cache_key({"n": 64}))
-    16
+    >>> from symcoherence.data import NavierStokes2D
+    >>> NavierStokes2D(32, viscosity=1e-3).symmetry_group.name
+    'D4'
 """
 
 from symcoherence.data.cache import (
@@ -14,12 +14,32 @@ from symcoherence.data.cache import (
     ensure_cache,
     load_trajectories,
 )
+from symcoherence.data.forcing import FORCINGS, Forcing, make_forcing, orbit_group, stabilizer
+from symcoherence.data.generate import generate
+from symcoherence.data.hdf5_datamodule import HDF5TrajectoryDataModule
+from symcoherence.data.initial_conditions import INITIAL_CONDITIONS, initial_vorticity
+from symcoherence.data.navier_stokes import NavierStokes2D
+from symcoherence.data.navier_stokes_datamodule import NavierStokesDataModule
+from symcoherence.data.trajectories import TrajectoryDataModule, resolve_group
 
 __all__ = [
+    "FORCINGS",
+    "INITIAL_CONDITIONS",
     "CachedTrajectories",
+    "Forcing",
+    "HDF5TrajectoryDataModule",
+    "NavierStokes2D",
+    "NavierStokesDataModule",
+    "TrajectoryDataModule",
     "cache_key",
     "cache_path",
     "check_cache",
     "ensure_cache",
+    "generate",
+    "initial_vorticity",
     "load_trajectories",
+    "make_forcing",
+    "orbit_group",
+    "resolve_group",
+    "stabilizer",
 ]

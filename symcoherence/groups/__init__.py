@@ -20,7 +20,7 @@ from symcoherence.groups.planar import (
     Product,
     Shifts,
 )
-from symcoherence.groups.registry import from_spec, register_group_type
+from symcoherence.groups.registry import from_spec, register_group_type, resolve_group
 from symcoherence.groups.sphere import (
     EquatorialReflection,
     SphereElement,
@@ -48,4 +48,5 @@ __all__ = [
     "ZonalShifts",
     "from_spec",
     "register_group_type",
+    "resolve_group",
 ]

@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,45 @@ def from_spec(spec: dict[str, Any]) -> Group:
     if kind not in _BUILDERS:
         raise ValueError(f"unknown group spec type {kind!r}; known types: {sorted(_BUILDERS)}")
     return _BUILDERS[kind](spec)
+
+
+def resolve_group(group: Group | str | dict | None, default: Group | None = None) -> Group | None:
+    """A group from a :class:`Group`, a name, a spec dict or its JSON, as configs write them.
+
+    Names are the no-argument groups (``"D4"``, ``"C4"``) and ``"default"``, which returns
+    ``default`` (e.g. the dataset's declared group). ``None`` stays ``None``.
+
+    Raises:
+        TypeError: for a value of another type.
+        ValueError: for an unknown name or spec.
+
+    Example:
+        >>> resolve_group("C4").elements
+        ('e', 'r', 'r2', 'r3')
+    """
+    if group is None or isinstance(group, Group):
+        return group
+    if isinstance(group, dict):
+        return from_spec(group)
+    if not isinstance(group, str):
+        raise TypeError(
+            f"group must be a Group (e.g. symcoherence.groups.D4()), a name such as 'D4', a spec "
+            f"dict or its JSON; got {type(group).__name__}"
+        )
+    if group == "default":
+        return default
+    if group.lstrip().startswith("{"):
+        return from_spec(json.loads(group))
+    from symcoherence.groups.planar import C4, D4
+
+    named = {"D4": D4, "C4": C4}
+    if group not in named:
+        raise ValueError(
+            f"unknown group {group!r}; names resolved here are {sorted(named)} and 'default' (the "
+            "dataset's declared group); for other groups pass the object, e.g. "
+            "symcoherence.groups.Shifts(box=1, period=64), or the JSON of group.spec()"
+        )
+    return named[group]()
 
 
 def _lattice(spec: dict[str, Any]) -> Group:

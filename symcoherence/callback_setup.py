@@ -65,7 +65,7 @@ def resolve_group(group: Group | str | dict | None) -> Group | None:
         )
     try:
         return factory()
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise ValueError(
             f"group {group!r} needs constructor arguments ({err}); pass the object instead, e.g. "
             "group=symcoherence.groups.Shifts(box=1, period=64)"

@@ -8,14 +8,18 @@ import random
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_callback_helpers import PlainData, RecordingLogger, TinyData, TinyModule, tiny_backbone, trainer
+from test_callback_helpers import (
+    RecordingLogger,
+    TinyData,
+    TinyModule,
+    tiny_backbone,
+    trainer,
+)
 from torch import nn
 
 import symcoherence as sc
-from symcoherence.callback import MeasurementError
 from symcoherence.callback_isolation import isolated
 from symcoherence.models import GroupAveraged
 
@@ -41,10 +45,15 @@ def test_tensorboard_event_files_hold_scalars_images_histograms_layout_and_hpara
     recording = RecordingLogger()
     tensorboard = TensorBoardLogger(tmp_path, name="tb", version=0)
     monitor = sc.OrbitCoherenceMonitor(every_n_train_steps=2, probe_size=6)
-    trainer([monitor], logger=[recording, tensorboard], max_epochs=1).fit(TinyModule(), datamodule=TinyData())
+    trainer([monitor], logger=[recording, tensorboard], max_epochs=1).fit(
+        TinyModule(), datamodule=TinyData()
+    )
     tensorboard.experiment.flush()
 
-    events = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"tensors": 0, "images": 0, "histograms": 0, "scalars": 0})
+    events = EventAccumulator(
+        str(tmp_path / "tb" / "version_0"),
+        size_guidance={"tensors": 0, "images": 0, "histograms": 0, "scalars": 0},
+    )
     events.Reload()
     tags = events.Tags()
     assert expected_keys() <= set(tags["scalars"])
@@ -70,14 +79,20 @@ def test_tensorboard_event_files_hold_scalars_images_histograms_layout_and_hpara
     assert list(ratio_chart.multiline.tag) == [f"^coherence/D4/ratio/{e}$" for e in D4]
 
     content = events.PluginTagToContent("hparams")
-    experiments = [plugin_data_pb2.HParamsPluginData.FromString(v) for k, v in content.items() if k == "_hparams_/experiment"]
+    experiments = [
+        plugin_data_pb2.HParamsPluginData.FromString(v)
+        for k, v in content.items()
+        if k == "_hparams_/experiment"
+    ]
     metric_tags = {m.name.tag for e in experiments for m in e.experiment.metric_infos}
     assert "basin/D4/compatibility" in metric_tags
 
 
 def test_any_logger_gets_the_scalars_and_callback_metrics_are_set():
     recording = RecordingLogger()
-    monitor = sc.OrbitCoherenceMonitor(every_n_train_steps=3, every_n_epochs=None, probe_size=4, prefix="probe/")
+    monitor = sc.OrbitCoherenceMonitor(
+        every_n_train_steps=3, every_n_epochs=None, probe_size=4, prefix="probe/"
+    )
     fit = trainer([monitor], logger=recording, max_epochs=2)
     fit.fit(TinyModule(), datamodule=TinyData())
     steps = [s for s, m in recording.records if "probe/coherence/D4/orbit" in m]
@@ -89,10 +104,14 @@ def test_any_logger_gets_the_scalars_and_callback_metrics_are_set():
 def test_epoch_schedule_and_gradient_accumulation_count_optimizer_steps():
     recording = RecordingLogger()
     monitors = [
-        sc.OrbitCoherenceMonitor(every_n_train_steps=1, every_n_epochs=None, probe_size=4, equivariance=False),
+        sc.OrbitCoherenceMonitor(
+            every_n_train_steps=1, every_n_epochs=None, probe_size=4, equivariance=False
+        ),
         sc.OrbitCoherenceMonitor(group="C4", every_n_epochs=2, probe_size=4, equivariance=False),
     ]
-    trainer(monitors, logger=recording, max_epochs=4, accumulate_grad_batches=2).fit(TinyModule(), datamodule=TinyData())
+    trainer(monitors, logger=recording, max_epochs=4, accumulate_grad_batches=2).fit(
+        TinyModule(), datamodule=TinyData()
+    )
     assert sorted(recording.values("coherence/D4/orbit")) == list(range(1, 9))  # 2 steps per epoch
     assert sorted(recording.values("coherence/C4/orbit")) == [4, 8]  # ends of epochs 2 and 4
 
@@ -116,7 +135,9 @@ def test_group_averaged_model_has_ratio_one_for_every_element(tol):
     backbone = GroupAveraged(tiny_backbone(), sc.groups.D4(), sc.FieldType(["scalar"]))
     recording = RecordingLogger()
     monitor = sc.OrbitCoherenceMonitor(every_n_train_steps=2, probe_size=6)
-    trainer([monitor], logger=recording, max_epochs=1, precision="64-true").fit(TinyModule(backbone), datamodule=TinyData())
+    trainer([monitor], logger=recording, max_epochs=1, precision="64-true").fit(
+        TinyModule(backbone), datamodule=TinyData()
+    )
     assert sorted(fired(recording)) == [2, 4]
     for element in D4:
         ratios = list(recording.values(f"coherence/D4/ratio/{element}").values())
@@ -128,7 +149,9 @@ def test_group_averaged_model_has_ratio_one_for_every_element(tol):
 def test_non_equivariant_model_is_not_ratio_one():
     recording = RecordingLogger()
     module = TinyModule(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 1, 1)))
-    trainer([sc.OrbitCoherenceMonitor(probe_size=8)], logger=recording, max_epochs=1).fit(module, datamodule=TinyData())
+    trainer([sc.OrbitCoherenceMonitor(probe_size=8)], logger=recording, max_epochs=1).fit(
+        module, datamodule=TinyData()
+    )
     ratios = [recording.values(f"coherence/D4/ratio/{e}")[4] for e in D4[1:]]
     assert max(abs(r - 1.0) for r in ratios) > 1e-3
 
@@ -141,14 +164,20 @@ def _training_run(with_monitor: bool):
     backbone = nn.Sequential(tiny_backbone(), nn.Dropout(0.2))  # training consumes the RNG
     module = TinyModule(backbone)
     recording = RecordingLogger()
-    callbacks = [sc.OrbitCoherenceMonitor(every_n_train_steps=2, probe_size=4, metric="adam")] if with_monitor else []
+    callbacks = (
+        [sc.OrbitCoherenceMonitor(every_n_train_steps=2, probe_size=4, metric="adam")]
+        if with_monitor
+        else []
+    )
     data = TinyData()
-    data.train_dataloader = lambda: torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*data.train_pairs), batch_size=4, shuffle=True)
+    data.train_dataloader = lambda: torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(*data.train_pairs), batch_size=4, shuffle=True
+    )
     fit = trainer(callbacks, logger=recording, max_epochs=2)
     fit.fit(module, datamodule=data)
     losses = [m["train_loss"] for _, m in recording.records if "train_loss" in m]
     state = fit.optimizers[0].state_dict()["state"]
-    return module, losses, state, recording, (torch.rand(3), np.random.rand(), random.random())
+    return module, losses, state, recording, (torch.rand(3), np.random.rand(), random.random())  # noqa: NPY002
 
 
 def test_training_is_bitwise_identical_with_and_without_the_monitor():
@@ -165,7 +194,9 @@ def test_training_is_bitwise_identical_with_and_without_the_monitor():
         assert torch.equal(a, b)
     for key in plain_state:
         for name in plain_state[key]:
-            assert torch.equal(torch.as_tensor(plain_state[key][name]), torch.as_tensor(watched_state[key][name]))
+            assert torch.equal(
+                torch.as_tensor(plain_state[key][name]), torch.as_tensor(watched_state[key][name])
+            )
     assert torch.equal(plain_rng[0], watched_rng[0]) and plain_rng[1:] == watched_rng[1:]
 
 
@@ -178,10 +209,10 @@ def test_isolation_restores_everything_even_when_the_measurement_raises():
     before = {k: v.clone() for k, v in net.state_dict().items()}
     moments = optimizer.state[net[0].weight]["exp_avg_sq"].clone()
     grad = net[0].weight.grad
-    rng = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    rng = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())  # noqa: NPY002
     with pytest.raises(RuntimeError, match="inside"), isolated(net, [optimizer], eval_mode=True):
         assert not net.training and torch.is_grad_enabled()
-        torch.rand(5), np.random.rand(), random.random()
+        torch.rand(5), np.random.rand(), random.random()  # noqa: NPY002
         with torch.no_grad():
             net[0].weight.add_(1.0)
             net[1].running_mean.add_(1.0)
@@ -195,13 +226,15 @@ def test_isolation_restores_everything_even_when_the_measurement_raises():
         assert torch.equal(value, before[key])
     assert torch.equal(optimizer.state[net[0].weight]["exp_avg_sq"], moments)
     assert torch.equal(torch.get_rng_state(), rng[0])
-    assert np.array_equal(np.random.get_state()[1], rng[1]) and random.getstate() == rng[2]
+    assert np.array_equal(np.random.get_state()[1], rng[1]) and random.getstate() == rng[2]  # noqa: NPY002
 
 
 def test_mixed_precision_training_is_measured_in_float32():
     recording = RecordingLogger()
     monitor = sc.OrbitCoherenceMonitor(every_n_train_steps=2, probe_size=4)
-    trainer([monitor], logger=recording, max_epochs=1, precision="bf16-mixed").fit(TinyModule(), datamodule=TinyData())
+    trainer([monitor], logger=recording, max_epochs=1, precision="bf16-mixed").fit(
+        TinyModule(), datamodule=TinyData()
+    )
     monitor_probe = monitor._probe[0]
     assert monitor_probe.dtype == torch.float32
     assert sorted(fired(recording)) == [2, 4]

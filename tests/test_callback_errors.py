@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from test_callback_helpers import PlainData, RecordingLogger, TinyData, TinyModule, tiny_backbone, trainer
+from test_callback_helpers import (
+    PlainData,
+    RecordingLogger,
+    TinyData,
+    TinyModule,
+    tiny_backbone,
+    trainer,
+)
 from torch import nn
 
 import symcoherence as sc
@@ -21,7 +28,11 @@ Monitor = sc.OrbitCoherenceMonitor
     [
         ({"metric": "fisher"}, ValueError, "metric must be one of"),
         ({"normalization": "l2"}, ValueError, "'standard', 'cosine', 'none'"),
-        ({"every_n_train_steps": None, "every_n_epochs": None}, ValueError, "every_n_train_steps=<n>"),
+        (
+            {"every_n_train_steps": None, "every_n_epochs": None},
+            ValueError,
+            "every_n_train_steps=<n>",
+        ),
         ({"every_n_train_steps": 0}, ValueError, "positive integer"),
         ({"probe_size": 1}, ValueError, "probe_size must be an integer >= 2"),
         ({"probe_split": "validation"}, ValueError, "'train', 'val', 'test'"),
@@ -50,7 +61,9 @@ def _fit(monitor, module=None, data=None, **kwargs):
 
 class BatchNormModule(TinyModule):
     def __init__(self, track=True):
-        super().__init__(nn.Sequential(tiny_backbone(), nn.BatchNorm2d(1, track_running_stats=track)))
+        super().__init__(
+            nn.Sequential(tiny_backbone(), nn.BatchNorm2d(1, track_running_stats=track))
+        )
 
 
 @pytest.mark.parametrize(
@@ -58,12 +71,27 @@ class BatchNormModule(TinyModule):
     [
         (Monitor(probe_size=4), None, PlainData(), "pass group=.*symmetry_group"),
         (Monitor(group="D4", probe_size=4), None, PlainData(), "pass field_type="),
-        (Monitor(probe_size=4, field_type=["vector"]), None, None, "Pass field_type=.* to OrbitCoherenceMonitor"),
-        (Monitor(probe_size=4, target_field_type=["scalar", "scalar"]), None, None, "target_field_type"),
+        (
+            Monitor(probe_size=4, field_type=["vector"]),
+            None,
+            None,
+            "Pass field_type=.* to OrbitCoherenceMonitor",
+        ),
+        (
+            Monitor(probe_size=4, target_field_type=["scalar", "scalar"]),
+            None,
+            None,
+            "target_field_type",
+        ),
         (Monitor(probe_size=4, eval_mode=False), BatchNormModule(), None, "call model.eval\\(\\)"),
         (Monitor(probe_size=4), BatchNormModule(track=False), None, "GroupNorm/LayerNorm"),
         (Monitor(probe_size=4), TinyModule(nn.Conv2d(1, 2, 1)), None, "one-step map"),
-        (Monitor(group="D4", field_type=["scalar"], probe_size=20), None, PlainData(), "dataset has 12 samples"),
+        (
+            Monitor(group="D4", field_type=["scalar"], probe_size=20),
+            None,
+            PlainData(),
+            "dataset has 12 samples",
+        ),
     ],
 )
 def test_misconfiguration_fails_at_the_first_hook_with_the_fix(monitor, module, data, fix):
@@ -73,7 +101,9 @@ def test_misconfiguration_fails_at_the_first_hook_with_the_fix(monitor, module, 
 
 def test_group_that_does_not_fit_the_grid_names_the_fix():
     data = TinyData()
-    data.val_pairs = tuple(t[..., :6] for t in data.val_pairs)  # non-square probes: no quarter turns
+    data.val_pairs = tuple(
+        t[..., :6] for t in data.val_pairs
+    )  # non-square probes: no quarter turns
     with pytest.raises(ValueError, match="Pass a group=... that matches the grid"):
         _fit(Monitor(probe_size=4), data=data)
 
@@ -96,7 +126,9 @@ def _broken_loss(prediction, target):
     raise RuntimeError("loss exploded")
 
 
-@pytest.mark.parametrize(("loss_fn", "reason"), [(_nan_loss, "non-finite"), (_broken_loss, "loss exploded")])
+@pytest.mark.parametrize(
+    ("loss_fn", "reason"), [(_nan_loss, "non-finite"), (_broken_loss, "loss exploded")]
+)
 def test_failures_warn_log_nothing_and_training_goes_on(loss_fn, reason):
     recording = RecordingLogger()
     monitor = Monitor(every_n_train_steps=2, probe_size=4, loss_fn=loss_fn)
@@ -117,7 +149,10 @@ def test_on_error_raise_stops_training():
 @pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`:UserWarning")
 def test_resumed_run_logs_the_same_values_at_the_same_steps(tmp_path):
     def monitors():
-        return [Monitor(every_n_train_steps=3, probe_size=4), Monitor(group="C4", every_n_epochs=1, probe_size=4)]
+        return [
+            Monitor(every_n_train_steps=3, probe_size=4),
+            Monitor(group="C4", every_n_epochs=1, probe_size=4),
+        ]
 
     torch.manual_seed(0)
     whole = RecordingLogger()
@@ -125,15 +160,30 @@ def test_resumed_run_logs_the_same_values_at_the_same_steps(tmp_path):
 
     torch.manual_seed(0)
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
-    trainer([*monitors(), checkpoint], max_epochs=1, enable_checkpointing=True).fit(TinyModule(), datamodule=TinyData())
+    trainer([*monitors(), checkpoint], max_epochs=1, enable_checkpointing=True).fit(
+        TinyModule(), datamodule=TinyData()
+    )
     stored = torch.load(tmp_path / "last.ckpt", weights_only=False)["callbacks"]
-    assert {"OrbitCoherenceMonitor{'group': 'D4', 'prefix': ''}", "OrbitCoherenceMonitor{'group': 'C4', 'prefix': ''}"} <= set(stored)
+    assert {
+        "OrbitCoherenceMonitor{'group': 'D4', 'prefix': ''}",
+        "OrbitCoherenceMonitor{'group': 'C4', 'prefix': ''}",
+    } <= set(stored)
 
     resumed = RecordingLogger()
     second = monitors()
-    trainer(second, logger=resumed, max_epochs=2).fit(TinyModule(), datamodule=TinyData(), ckpt_path=tmp_path / "last.ckpt")
-    assert second[0].state_dict()["probe"]["sha256"] == stored["OrbitCoherenceMonitor{'group': 'D4', 'prefix': ''}"]["probe"]["sha256"]
-    for key in ("coherence/D4/orbit", "coherence/D4/ratio/r", "coherence/C4/orbit", "equivariance/C4/r/q3"):
+    trainer(second, logger=resumed, max_epochs=2).fit(
+        TinyModule(), datamodule=TinyData(), ckpt_path=tmp_path / "last.ckpt"
+    )
+    assert (
+        second[0].state_dict()["probe"]["sha256"]
+        == stored["OrbitCoherenceMonitor{'group': 'D4', 'prefix': ''}"]["probe"]["sha256"]
+    )
+    for key in (
+        "coherence/D4/orbit",
+        "coherence/D4/ratio/r",
+        "coherence/C4/orbit",
+        "equivariance/C4/r/q3",
+    ):
         expected = {s: v for s, v in whole.values(key).items() if s > 4}
         assert sorted(resumed.values(key)) == sorted(expected) and expected
         assert resumed.values(key) == pytest.approx(expected, rel=1e-6)

@@ -1,0 +1,127 @@
+"""OrbitCoherenceMonitor under Lightning DDP: 2 CPU processes on gloo, in a subprocess with a hard timeout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from test_callback_helpers import TinyData, TinyModule
+
+import symcoherence as sc
+
+TESTS = Path(__file__).parent
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys, warnings
+    import torch, torch.distributed as dist
+    import symcoherence as sc
+    from test_callback_helpers import RecordingLogger, TinyData, TinyModule, trainer
+
+    mode, out = sys.argv[1], sys.argv[2]
+
+    def loss_fn(prediction, target):
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        if rank == 1 and mode == "raise_strict":
+            raise RuntimeError("rank 1 broke")
+        if rank == 1 and mode == "mixed" and fit.global_step == 2:
+            raise RuntimeError("rank 1 broke")
+        if rank == 1 and mode == "mixed" and fit.global_step == 4:
+            return sc.smse(prediction, target) * float("nan")
+        return sc.smse(prediction, target)
+
+    on_error = "raise" if mode == "raise_strict" else "warn"
+    monitor = sc.OrbitCoherenceMonitor(every_n_train_steps=2, probe_size=6, loss_fn=loss_fn, on_error=on_error)
+    logger = RecordingLogger()
+    fit = trainer([monitor], logger=logger, max_epochs=2, devices=2, strategy="ddp")
+    module = TinyModule()
+    result = {"warnings": [], "error": None}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            fit.fit(module, datamodule=TinyData())
+        except Exception as err:
+            result["error"] = type(err).__name__ + ": " + str(err)
+        result["warnings"] = [str(w.message) for w in caught if "OrbitCoherenceMonitor" in str(w.message)]
+    result["records"] = logger.records
+    result["global_step"] = fit.global_step
+    rank = fit.global_rank
+    if rank == 0:
+        torch.save(module.state_dict(), out + "/model.pt")
+    with open(f"{out}/rank{rank}.json", "w") as handle:
+        json.dump(result, handle)
+    sys.exit(1 if result["error"] else 0)
+    """
+)
+
+
+def _launch(mode: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, dict[int, dict]]:
+    script = tmp_path / "ddp_run.py"
+    script.write_text(SCRIPT)
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(TESTS.parent), str(TESTS)]), OMP_NUM_THREADS="1"
+    )
+    env.pop("MASTER_PORT", None)
+    done = subprocess.run(
+        [sys.executable, str(script), mode, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        cwd=tmp_path,
+    )
+    results = {
+        r: json.loads((tmp_path / f"rank{r}.json").read_text())
+        for r in (0, 1)
+        if (tmp_path / f"rank{r}.json").exists()
+    }
+    return done, results
+
+
+def test_ddp_values_equal_a_single_process_measurement_and_are_logged_once(tmp_path):
+    done, results = _launch("ok", tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert set(results) == {0, 1} and results[1]["records"] == []  # only rank 0 writes to loggers
+    logged = [(step, m) for step, m in results[0]["records"] if "coherence/D4/orbit" in m]
+    assert [step for step, _ in logged] == [2, 4]  # 2 steps per epoch per rank, once each
+
+    module = TinyModule()
+    module.load_state_dict(torch.load(tmp_path / "model.pt"))
+    inputs, targets = TinyData().probe_batch(6)
+    kinds = sc.FieldType(["scalar"])
+    model = module.backbone.eval()
+    influence = sc.orbit_influence(model, sc.smse, inputs, targets, sc.groups.D4(), kinds)
+    errors = sc.equivariance_error(model, sc.smse, inputs, targets, sc.groups.D4(), kinds)
+    expected = influence.summary(equivariance=errors)
+    final = logged[-1][1]
+    assert set(expected) <= set(final)
+    for key, value in expected.items():
+        assert final[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
+
+
+def test_a_failure_on_one_rank_makes_every_rank_skip_without_a_hang(tmp_path):
+    # rank 1 raises at the firing of step 2 and produces NaN at the firing of step 4
+    done, results = _launch("mixed", tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {r["global_step"] for r in results.values()} == {4}  # both ranks trained to the end
+    warnings = results[0]["warnings"]
+    assert any("step 2: rank 1: RuntimeError: rank 1 broke" in w for w in warnings), warnings
+    assert any("step 4: rank 1: non-finite" in w for w in warnings), warnings
+    assert not [k for _, m in results[0]["records"] for k in m if "D4" in k]
+
+
+@pytest.mark.slow
+def test_on_error_raise_stops_every_rank_without_a_hang(tmp_path):
+    done, results = _launch("raise_strict", tmp_path)
+    assert done.returncode != 0
+    assert (
+        "MeasurementError" in results[0]["error"]
+        and "rank 1: RuntimeError: rank 1 broke" in results[0]["error"]
+    )
+    if 1 in results:  # rank 1 may be stopped by Lightning's launcher before it writes
+        assert "MeasurementError" in results[1]["error"]

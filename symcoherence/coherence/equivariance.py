@@ -33,8 +33,8 @@ import torch
 from torch import nn
 from torch.func import vmap
 
-from symcoherence.coherence.influence import resolve_elements
-from symcoherence.coherence.per_sample import LossFn, check_modes, check_pair
+from symcoherence.coherence.influence import check_fields, resolve_elements
+from symcoherence.coherence.per_sample import LossFn, check_modes
 from symcoherence.groups import FieldType, Group
 
 
@@ -68,10 +68,7 @@ def equivariance_error(
     Returns:
         ``(K, N)``. A probe the model fits exactly (loss 0) gives ``inf`` (or NaN for 0/0).
     """
-    check_pair(inputs, targets)
-    target_field_type = field_type if target_field_type is None else target_field_type
-    field_type.check(inputs, "inputs")
-    target_field_type.check(targets, "targets")
+    target_field_type = check_fields(inputs, targets, field_type, target_field_type)
     names = resolve_elements(group, elements)
     check_modes(model, "error")
     with torch.no_grad():
@@ -110,8 +107,7 @@ def rollout_equivariance_error(
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    check_pair(x0, x0)
-    field_type.check(x0, "x0")
+    check_fields(x0, x0, field_type, field_type)
     names = resolve_elements(group, elements)
     check_modes(model, "error")
 

@@ -98,6 +98,30 @@ def resolve_elements(group: Group, elements: Sequence[str] | None) -> tuple[str,
     return names
 
 
+def check_fields(
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    field_type: FieldType,
+    target_field_type: FieldType | None,
+) -> FieldType:
+    """Check batched ``(N, C, H, W)`` fields against their types; return the target type."""
+    target_field_type = field_type if target_field_type is None else target_field_type
+    for kind, value, name in (
+        (field_type, inputs, "inputs"),
+        (target_field_type, targets, "targets"),
+    ):
+        if not isinstance(kind, FieldType):
+            raise TypeError(f"field types must be FieldType objects, got {type(kind).__name__}")
+        if isinstance(value, torch.Tensor) and value.dim() < 4:
+            raise ValueError(
+                f"{name} must be a batch of fields (N, C, H, W), got shape {tuple(value.shape)}; "
+                "for a single sample pass x[None]"
+            )
+        kind.check(value, name)
+    check_pair(inputs, targets)
+    return target_field_type
+
+
 def module_columns(fmodel: FunctionalModel) -> dict[str, torch.Tensor]:
     """Flat-parameter columns of each module (``"(root)"`` for parameters of the model itself)."""
     grouped: dict[str, list[torch.Tensor]] = {}
@@ -160,15 +184,7 @@ def orbit_influence(
             metric or normalization, ``N < 2`` with ``standard``, ``breakdown`` with a
             non-diagonal metric, or a model in a mode that makes gradients ill-defined.
     """
-    check_pair(inputs, targets)
-    target_field_type = field_type if target_field_type is None else target_field_type
-    for kind, value, name in (
-        (field_type, inputs, "inputs"),
-        (target_field_type, targets, "targets"),
-    ):
-        if not isinstance(kind, FieldType):
-            raise TypeError(f"field types must be FieldType objects, got {type(kind).__name__}")
-        kind.check(value, name)
+    target_field_type = check_fields(inputs, targets, field_type, target_field_type)
     names = resolve_elements(group, elements)
     check_normalization(normalization, inputs.shape[0])
     metric = resolve_metric(metric, optimizer)
@@ -220,4 +236,10 @@ def orbit_influence(
     )
 
 
-__all__ = ["module_columns", "orbit_influence", "resolve_elements", "resolve_metric"]
+__all__ = [
+    "check_fields",
+    "module_columns",
+    "orbit_influence",
+    "resolve_elements",
+    "resolve_metric",
+]

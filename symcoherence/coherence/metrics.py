@@ -191,23 +191,19 @@ class Adam(DiagonalMetric):
                     "that trains the model, or exclude the parameter with parameter_filter"
                 )
             state = self.optimizer.state.get(param, {})
-            if not state:
+            key = "max_exp_avg_sq" if group.get("amsgrad", False) else "exp_avg_sq"
+            adam_like = "betas" in group and "eps" in group
+            if adam_like and not state:
                 raise ValueError(
                     f"{kind} has no state for parameter {name!r}: the adam metric reads the "
                     "second moments of a running optimizer; call optimizer.step() at least once"
                 )
-            key = "max_exp_avg_sq" if group.get("amsgrad", False) else "exp_avg_sq"
-            if (
-                key not in state
-                or "step" not in state
-                or "betas" not in group
-                or "eps" not in group
-            ):
+            if not adam_like or key not in state or "step" not in state:
                 raise ValueError(
-                    f"{kind} is not Adam-like: expected per-parameter state 'exp_avg_sq' and "
-                    f"'step' and group settings 'betas' and 'eps', got state keys "
-                    f"{sorted(state)} and group keys {sorted(k for k in group if k != 'params')}; "
-                    "use metric='identity' or 'gauss_newton' for other optimizers"
+                    f"{kind} is not Adam-like: expected per-parameter state {key!r} and 'step' "
+                    f"and group settings 'betas' and 'eps', got state keys {sorted(state)} and "
+                    f"group keys {sorted(k for k in group if k != 'params')}; use "
+                    "metric='identity' or 'gauss_newton' for other optimizers"
                 )
             second = state[key].detach()
             if second.is_complex():  # Adam keeps complex moments per real component

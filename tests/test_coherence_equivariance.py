@@ -1,0 +1,76 @@
+"""Forward equivariance errors E_n(g) = loss(f(g x), g y) / loss(f(x), y) and the rollout version."""
+
+import pytest
+import torch
+from coherence_zoo import PSEUDO, SCALAR, data, make, one_thread  # noqa: F401
+from conftest import TOL
+
+import symcoherence as sc
+
+D4 = sc.groups.D4()
+SHIFTS = sc.groups.Shifts(shifts=[(1, 0), (2, 3)])
+
+
+def loop_errors(model, x, y, group, kind, elements):
+    """The definition, one sample and one element at a time."""
+    rows = []
+    for g in elements:
+        row = []
+        for xn, yn in zip(x, y, strict=True):
+            base = sc.smse(model(xn[None])[0], yn)
+            moved = sc.smse(model(group.act(g, xn[None], kind))[0], group.act(g, yn, kind))
+            row.append(moved / base)
+        rows.append(torch.stack(row))
+    return torch.stack(rows).detach()
+
+
+def test_matches_the_definition_and_is_one_for_the_identity():
+    model = make("group_norm")
+    x, y = data()
+    errors = sc.equivariance_error(model, sc.smse, x, y, D4, PSEUDO)
+    assert errors.shape == (8, 4)
+    torch.testing.assert_close(
+        errors, loop_errors(model, x, y, D4, PSEUDO, D4.elements), **TOL["fp64"]
+    )
+    torch.testing.assert_close(errors[0], torch.ones(4, dtype=torch.float64), **TOL["exact"])
+    assert (errors[1:] - 1).abs().max() > 1e-3  # zero padding is not D4-equivariant
+
+
+def test_exactly_equivariant_model_gives_one_and_elements_select_rows():
+    model = make("circular_conv")
+    x, y = data()
+    errors = sc.equivariance_error(model, sc.smse, x, y, SHIFTS, SCALAR, elements=["x2y3", "e"])
+    torch.testing.assert_close(errors, torch.ones(2, 4, dtype=torch.float64), **TOL["fp64"])
+
+
+def test_rollout_error_is_zero_for_equivariant_models_and_positive_otherwise():
+    x, _ = data()
+    equivariant = sc.rollout_equivariance_error(
+        make("circular_conv"), sc.smse, x, SHIFTS, SCALAR, steps=3
+    )
+    assert equivariant.shape == (3, 4) and equivariant.abs().max() < 1e-20
+    model = make("group_norm")
+    broken = sc.rollout_equivariance_error(model, sc.smse, x, D4, PSEUDO, steps=2)
+    assert broken[0].abs().max() == 0 and (broken[1:] > 1e-6).all()
+    # the definition for one element: loss(f(f(g x)), g f(f(x)))
+    with torch.no_grad():
+        expected = torch.func.vmap(sc.smse)(
+            model(model(D4.act("r", x, PSEUDO))), D4.act("r", model(model(x)), PSEUDO)
+        )
+    torch.testing.assert_close(broken[1], expected, **TOL["fp64"])
+
+
+def test_bad_input():
+    model = make("circular_conv")
+    x, y = data()
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        sc.rollout_equivariance_error(model, sc.smse, x, SHIFTS, SCALAR, steps=0)
+    with pytest.raises(ValueError, match="same number of samples"):
+        sc.equivariance_error(model, sc.smse, x, y[:2], SHIFTS, SCALAR)
+    with pytest.raises(ValueError, match="element list is empty"):
+        sc.equivariance_error(model, sc.smse, x, y, SHIFTS, SCALAR, elements=[])
+    widening = torch.nn.Conv2d(1, 2, 1).double()
+    with pytest.raises(ValueError, match="map shape"):
+        sc.rollout_equivariance_error(widening, sc.smse, x, SHIFTS, SCALAR, steps=1)
+    with pytest.raises(ValueError, match="model.eval"):
+        sc.equivariance_error(make("dropout_eval").train(), sc.smse, x, y, SHIFTS, SCALAR)

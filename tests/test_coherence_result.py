@@ -1,0 +1,244 @@
+"""OrbitInfluence: normalizations, summaries (DESIGN §3.3 keys), rebuilding, breakdown, bad input."""
+
+import math
+
+import pytest
+import torch
+from coherence_zoo import PSEUDO, SCALAR, data, make, one_thread  # noqa: F401
+from conftest import TOL
+
+import symcoherence as sc
+from symcoherence.coherence import OrbitInfluence
+
+D4 = sc.groups.D4()
+
+
+def hand_built(normalization="none"):
+    """K = 4 elements, N = 3 probes; diagonal medians 2 (e), 1, 3, 0.5; off-diagonals 0.2."""
+    diagonals = torch.tensor([[2.0, 2.0, 2.0], [0.0, 1.0, 5.0], [3.0, 3.0, 3.0], [0.5, 0.4, 0.6]])
+    matrix = torch.full((4, 3, 3), 0.2, dtype=torch.float64)
+    matrix.diagonal(dim1=-2, dim2=-1).copy_(diagonals)
+    return OrbitInfluence(
+        matrix, torch.ones(4, 3), torch.ones(3), ("e", "a", "b", "c"), "G", normalization
+    )
+
+
+def test_summary_has_exactly_the_design_keys_and_known_values():
+    summary = hand_built().summary(prefix="val/")
+    expected_keys = {f"val/influence/G/{g}/{s}" for g in "eabc" for s in ("median", "q1", "q3")}
+    expected_keys |= {f"val/coherence/G/ratio/{g}" for g in "eabc"}
+    expected_keys |= {
+        "val/coherence/G/orbit",
+        "val/basin/G/compatibility",
+        "val/baseline/G/offdiag_median",
+    }
+    assert set(summary) == expected_keys
+    assert summary["val/influence/G/a/median"] == 1.0
+    assert summary["val/influence/G/a/q1"] == 0.5  # linear interpolation between 0 and 1
+    assert summary["val/influence/G/a/q3"] == 3.0
+    assert summary["val/coherence/G/ratio/e"] == 1.0
+    assert summary["val/coherence/G/ratio/a"] == 0.5
+    assert summary["val/coherence/G/ratio/b"] == 1.5
+    assert summary["val/coherence/G/ratio/c"] == 0.25
+    assert summary["val/coherence/G/orbit"] == pytest.approx((0.5 + 1.5 + 0.25) / 3)
+    assert summary["val/basin/G/compatibility"] == 0.25
+    assert summary["val/baseline/G/offdiag_median"] == pytest.approx(0.2 / 2.0)
+    assert all(isinstance(v, float) for v in summary.values())
+
+
+def test_equivariance_keys_and_rank_correlation():
+    errors = torch.tensor([[1.0, 1.0, 1.0], [4.0, 5.0, 6.0], [1.0, 0.9, 1.1], [9.0, 8.0, 10.0]])
+    summary = hand_built().summary(equivariance=errors)
+    assert summary["equivariance/G/a/median"] == 5.0
+    assert summary["equivariance/G/a/q3"] == 5.5
+    # ρ = (0.5, 1.5, 0.25) and E = (5, 1, 9) over g ≠ e: exactly reversed ranks
+    assert summary["basin/G/influence_error_rank_corr"] == pytest.approx(-1.0)
+    tied = hand_built().summary(equivariance=torch.ones(4, 3))
+    assert "basin/G/influence_error_rank_corr" not in tied  # constant errors: undefined, omitted
+    two = hand_built().reorder(["e", "a", "b"]).summary(equivariance=errors[:3])
+    assert "basin/G/influence_error_rank_corr" not in two  # fewer than 3 elements g ≠ e
+    assert "equivariance/G/b/median" in two
+    with pytest.raises(ValueError, match="same elements"):
+        hand_built().summary(equivariance=errors[:2])
+
+
+def test_standard_normalization_divides_rows_by_their_std_and_zero_rows_stay_zero():
+    matrix = torch.tensor(
+        [[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [4.0, 4.0, 4.0]]], dtype=torch.float64
+    )
+    result = OrbitInfluence(matrix, torch.ones(1, 3), torch.ones(3), ("e",), "G", "standard")
+    normalized = result.normalized
+    torch.testing.assert_close(
+        normalized[0, 0], torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    )  # std 1
+    assert normalized[0, 1].eq(0).all() and normalized[0, 2].eq(0).all()  # vanishing: 0, not NaN
+
+
+def test_cosine_normalization_and_its_vanishing_gradient_convention():
+    matrix = torch.tensor([[[2.0, 0.0], [0.0, 0.0]]], dtype=torch.float64)
+    result = OrbitInfluence(
+        matrix, torch.tensor([[4.0, 0.0]]), torch.tensor([1.0, 0.0]), ("e",), "G", "cosine"
+    )
+    torch.testing.assert_close(
+        result.normalized, torch.tensor([[[1.0, 0.0], [0.0, 0.0]]], dtype=torch.float64)
+    )
+
+
+def test_a_fitted_probe_has_a_vanishing_gradient_and_normalizes_to_zero():
+    model = make("circular_conv")
+    x, y = data(n=5)
+    with torch.no_grad():
+        y[2] = model(x[2:3])[
+            0
+        ]  # exact fit: a_2 = 0, and b_2^g = 0 (the model is shift-equivariant)
+    shifts = sc.groups.Shifts(shifts=[(1, 0), (2, 3)])
+    for normalization in ("standard", "cosine"):
+        result = sc.orbit_influence(
+            model, sc.smse, x, y, shifts, SCALAR, normalization=normalization
+        )
+        assert result.matrix[:, 2].abs().max() == 0 and result.matrix[:, :, 2].abs().max() == 0
+        assert torch.isfinite(result.normalized).all()
+        assert result.influence[:, 2].eq(0).all()
+        assert math.isfinite(result.summary()["coherence/Shifts/orbit"])
+
+
+def test_concatenating_element_subsets_rebuilds_the_whole():
+    model = make("group_norm")
+    x, y = data()
+    whole = sc.orbit_influence(model, sc.smse, x, y, D4, PSEUDO, breakdown=True)
+    parts = [
+        sc.orbit_influence(model, sc.smse, x, y, D4, PSEUDO, elements=chunk, breakdown=True)
+        for chunk in (["sr3", "r"], ["r3", "e", "s"], ["r2", "sr", "sr2"])
+    ]
+    rebuilt = OrbitInfluence.concatenate(parts, elements=D4.elements)
+    assert rebuilt.elements == D4.elements
+    torch.testing.assert_close(rebuilt.matrix, whole.matrix, **TOL["fp64"])
+    torch.testing.assert_close(rebuilt.bra_self, whole.bra_self, **TOL["fp64"])
+    for module in whole.by_module:
+        torch.testing.assert_close(
+            rebuilt.by_module[module], whole.by_module[module], **TOL["fp64"]
+        )
+    assert rebuilt.summary() == pytest.approx(whole.summary())
+    with pytest.raises(ValueError, match="identity element 'e'"):
+        parts[0].summary()
+    with pytest.raises(ValueError, match="disjoint"):
+        OrbitInfluence.concatenate([parts[0], parts[0]])
+    with pytest.raises(ValueError, match="differ"):
+        OrbitInfluence.concatenate([parts[0], parts[1].with_normalization("cosine")])
+
+
+def test_concatenate_keeps_the_worst_solver_diagnostics():
+    first, second = hand_built().reorder(["e", "a"]), hand_built().reorder(["b"])
+    first.info, second.info = (
+        {"cg_iterations": 3, "cg_relative_residual": 1e-6},
+        {"cg_iterations": 7, "cg_relative_residual": 1e-8},
+    )
+    merged = OrbitInfluence.concatenate([first, second]).info
+    assert merged == {"cg_iterations": 7, "cg_relative_residual": 1e-6}
+
+
+@pytest.mark.parametrize("metric", ["identity", "adam"])
+def test_per_module_breakdown_adds_up_to_the_whole(metric):
+    model = make("group_norm")
+    x, y = data()
+    optimizer = torch.optim.Adam(model.parameters())
+    optimizer.zero_grad()
+    torch.func.vmap(sc.smse)(model(x), y).mean().backward()
+    optimizer.step()
+    result = sc.orbit_influence(
+        model, sc.smse, x, y, D4, PSEUDO, metric=metric, optimizer=optimizer, breakdown=True
+    )
+    assert list(result.by_module) == ["0", "1", "3"]  # conv, group norm, conv
+    total = sum(result.by_module.values())
+    torch.testing.assert_close(total, result.matrix, **TOL["fp64"])
+    only_first = sc.orbit_influence(
+        model,
+        sc.smse,
+        x,
+        y,
+        D4,
+        PSEUDO,
+        metric=metric,
+        optimizer=optimizer,
+        parameter_filter=lambda name, p: name.startswith("0."),
+    )
+    torch.testing.assert_close(result.by_module["0"], only_first.matrix, **TOL["fp64"])
+
+
+def bad_calls():
+    x, y = data()
+    model = make("circular_conv")
+    ok = dict(model=model, loss_fn=sc.smse, inputs=x, targets=y, group=D4, field_type=PSEUDO)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(x).sum().backward()
+    sgd.step()
+    return [
+        ({"targets": y[:3]}, "same number of samples"),
+        ({"field_type": sc.FieldType(["vector"])}, "has 2 channels but inputs has 1"),
+        ({"target_field_type": sc.FieldType(["vector"])}, "but targets has 1"),
+        ({"inputs": x[0]}, r"must be a batch of fields \(N, C, H, W\)"),
+        ({"metric": "fisher"}, "unknown metric 'fisher'"),
+        ({"normalization": "zscore"}, "unknown normalization 'zscore'"),
+        ({"elements": []}, "element list is empty"),
+        ({"elements": ["e", "q"]}, "unknown element 'q'"),
+        ({"elements": ["e", "e"]}, "distinct"),
+        ({"inputs": x[:1], "targets": y[:1]}, "needs N >= 2"),
+        ({"metric": "gauss_newton", "breakdown": True}, "diagonal metrics"),
+        ({"metric": "adam"}, "pass optimizer"),
+        (
+            {"metric": "adam", "optimizer": torch.optim.Adam(model.parameters())},
+            "call optimizer.step",
+        ),
+        ({"metric": "adam", "optimizer": sgd}, "not Adam-like"),
+        ({"parameter_filter": lambda n, p: False}, "no parameter selected"),
+        ({"parameter_filter": ["0.weight", "nope"]}, "unknown parameter name"),
+        ({"chunk_size": 0}, "chunk_size must be a positive int"),
+    ], ok
+
+
+def test_bad_input_gives_clear_errors():
+    cases, ok = bad_calls()
+    for change, message in cases:
+        with pytest.raises(ValueError, match=message):
+            sc.orbit_influence(**{**ok, **change})
+
+
+def test_batch_norm_in_training_mode_is_refused_and_eval_mode_leaves_statistics_alone():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.BatchNorm2d(2), torch.nn.Conv2d(2, 1, 1)
+    ).double()
+    x, y = data()
+    with pytest.raises(ValueError, match=r"training mode.*model.eval\(\)"):
+        sc.per_sample_grads(model, sc.smse, x, y)
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sc.orbit_influence(model, sc.smse, x, y, D4, PSEUDO)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_dropout_in_training_mode_needs_explicit_randomness():
+    model = make("dropout_eval").train()
+    x, y = data()
+    with pytest.raises(ValueError, match="randomness='different'"):
+        sc.per_sample_grads(model, sc.smse, x, y)
+    grads = sc.per_sample_grads(model, sc.smse, x, y, flatten=True, randomness="different")
+    assert torch.isfinite(grads).all()
+    model.eval()
+    torch.testing.assert_close(
+        sc.per_sample_grads(model, sc.smse, x, y, flatten=True),
+        sc.per_sample_grads(model, sc.smse, x, y, flatten=True, chunk_size=1),
+        **TOL["fp64"],
+    )
+
+
+def test_result_constructor_validates_shapes():
+    with pytest.raises(ValueError, match=r"\(K, N, N\)"):
+        OrbitInfluence(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(3), ("e", "r"), "G")
+    with pytest.raises(ValueError, match="distinct element names"):
+        OrbitInfluence(torch.zeros(2, 3, 3), torch.zeros(2, 3), torch.zeros(3), ("e",), "G")
+    with pytest.raises(ValueError, match="bra_self"):
+        OrbitInfluence(torch.zeros(1, 3, 3), torch.zeros(2, 3), torch.zeros(3), ("e",), "G")
+    with pytest.raises(ValueError, match="unknown normalization"):
+        OrbitInfluence(torch.zeros(1, 3, 3), torch.zeros(1, 3), torch.zeros(3), ("e",), "G", "l2")

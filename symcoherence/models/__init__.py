@@ -16,7 +16,8 @@ Example:
 from symcoherence.models.fno import FNO2d
 from symcoherence.models.group_averaged import GroupAveraged
 from symcoherence.models.module import EmulatorModule
+from symcoherence.models.sfno import SFNO  # imports torch_harmonics only when an SFNO is built
 from symcoherence.models.unet import UNet2d
 from symcoherence.models.vit import ViT2d
 
-__all__ = ["EmulatorModule", "FNO2d", "GroupAveraged", "UNet2d", "ViT2d"]
+__all__ = ["SFNO", "EmulatorModule", "FNO2d", "GroupAveraged", "UNet2d", "ViT2d"]

@@ -1,0 +1,176 @@
+import pytest
+import torch
+
+from symcoherence.data import NavierStokesDataModule, TrajectoryDataModule, generate
+from symcoherence.data import navier_stokes_datamodule as module
+from symcoherence.groups import D4, FieldType
+
+TINY = dict(
+    n=16,
+    num_trajectories=8,
+    num_frames=4,
+    frame_interval=0.05,
+    burn_in=0.0,
+    val_fraction=0.25,
+    test_fraction=0.25,
+    progress=False,
+    solver_dtype="float64",
+)
+
+
+def tiny(tmp_path, **kwargs):
+    return NavierStokesDataModule(cache_dir=str(tmp_path), **{**TINY, **kwargs})
+
+
+def test_splits_are_disjoint_reproducible_and_seeded(tmp_path):
+    data = tiny(tmp_path)
+    data.setup()
+    parts = [set(data.splits[s].tolist()) for s in ("train", "val", "test")]
+    assert sorted(set().union(*parts)) == list(range(8)) and sum(map(len, parts)) == 8
+    again = tiny(tmp_path)
+    again.setup()
+    assert all(torch.equal(data.splits[s], again.splits[s]) for s in data.splits)
+    torch.testing.assert_close(data.probe_batch(2), again.probe_batch(2), rtol=0, atol=0)
+    assert [len(data.dataset(s)) for s in ("train", "val", "test")] == [12, 6, 6]
+    inputs, targets = next(iter(data.train_dataloader()))
+    assert inputs.dtype == targets.dtype == torch.float32 and inputs.shape[1:] == (1, 16, 16)
+
+
+def test_probe_batch_uses_distinct_trajectories(tmp_path):
+    data = tiny(tmp_path, history=2)
+    inputs, targets = data.probe_batch(2, split="val", seed=3)
+    assert inputs.shape == (2, 2, 16, 16) and targets.shape == (2, 1, 16, 16)
+    frames = data.data[data.splits["val"]]
+    owners = [
+        [t for t in range(2) if any(torch.equal(x[-1:], frames[t, s]) for s in range(4))]
+        for x in inputs
+    ]
+    assert sorted(o[0] for o in owners) == [0, 1]
+    with pytest.raises(ValueError, match="distinct trajectories"):
+        data.probe_batch(3)
+
+
+@pytest.mark.parametrize("fields", ["vorticity", "velocity"])
+def test_augmented_pair_is_an_exact_solver_pair(tmp_path, fields):
+    data = tiny(
+        tmp_path,
+        fields=fields,
+        forcing="kolmogorov",
+        forcing_wavenumber=1,
+        drag=0.5,
+        forcing_amplitude=5.0,
+        augment_group="default",
+    )
+    data.setup()
+    assert data.augment_group.name == "Kolmogorov"
+    pairs = data.dataset("train", augment=True)
+    solver = data.solver
+    for index in range(len(pairs)):
+        inputs, targets = pairs[index]
+        x, y = data.denormalize(inputs).double(), data.denormalize(targets).double()
+        omega = solver.vorticity(x) if fields == "velocity" else x[0]
+        predicted = solver.rollout(omega, [0.05])[-1]
+        reference = solver.vorticity(y) if fields == "velocity" else y[0]
+        # float32 storage of the frames limits the agreement
+        torch.testing.assert_close(
+            predicted, reference, rtol=0, atol=1e-4 * float(reference.abs().max())
+        )
+    # negative control: an inadmissible element (quarter turn) does not give a solver pair
+    x, y = pairs.pair(0)
+    x, y = (data.denormalize(D4().act("r", v, data.frame_type)).double() for v in (x, y))
+    omega = solver.vorticity(x) if fields == "velocity" else x[0]
+    reference = solver.vorticity(y) if fields == "velocity" else y[0]
+    assert (
+        solver.rollout(omega, [0.05])[-1] - reference
+    ).abs().max() > 1e-3 * reference.abs().max()
+
+
+def test_augmentation_is_seeded_and_varies(tmp_path):
+    data = tiny(tmp_path, augment_group="D4")
+    data.setup()
+    first = [data.dataset("train", augment=True)[0][0] for _ in range(1)]
+    again = data.dataset("train", augment=True)
+    draws = [again[0][0] for _ in range(6)]
+    assert torch.equal(first[0], draws[0])
+    assert any(not torch.equal(draws[0], d) for d in draws[1:])
+
+
+def test_normalization_commutes_with_the_group():
+    trajectories = (
+        torch.randn(6, 3, 4, 8, 8) * torch.tensor([3.0, 0.5, 2.0, 1.0])[:, None, None] + 5
+    )
+    frame_type = FieldType(["vector", "scalar", "pseudoscalar"])
+    data = TrajectoryDataModule(
+        frame_type, D4(), trajectories=trajectories, val_fraction=0.2, test_fraction=0.2
+    )
+    data.setup()
+    assert data.scale[0] == data.scale[1] and data.offset[[0, 1, 3]].eq(0).all()
+    assert data.offset[2] != 0
+
+    def normalize(x):
+        return (x - data.offset[:, None, None]) / data.scale[:, None, None]
+
+    x = trajectories[0, 0]
+    for element in D4().elements:
+        torch.testing.assert_close(
+            normalize(D4().act(element, x, frame_type)),
+            D4().act(element, normalize(x), frame_type),
+            rtol=0,
+            atol=0,
+        )
+    torch.testing.assert_close(data.denormalize(normalize(x)), x)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(dt=0.5), "unstable"),
+        (dict(forcing="poiseuille"), "unknown forcing"),
+        (dict(initial_condition="turbulence"), "unknown initial_condition"),
+        (dict(fields="pressure"), "fields"),
+        (dict(anisotropy=0.5), "anisotropy"),
+        (dict(num_frames=1), "num_frames"),
+        (dict(val_fraction=0.6, test_fraction=0.5), "val_fraction"),
+        (dict(augment_group="SO3"), "unknown group"),
+        (dict(forcing="kolmogorov", viscosity=0.0), "viscosity > 0 or drag > 0"),
+    ],
+)
+def test_bad_configuration_fails_before_any_compute(tmp_path, monkeypatch, kwargs, match):
+    monkeypatch.setattr(module.NavierStokes2D, "rollout", lambda *a: pytest.fail("computed"))
+    with pytest.raises(ValueError, match=match):
+        tiny(tmp_path, **kwargs)
+    assert not list(tmp_path.iterdir())
+
+
+def test_cache_is_reused_and_blow_up_never_reaches_a_file(tmp_path, monkeypatch):
+    tiny(tmp_path).prepare_data()
+    monkeypatch.setattr(module.NavierStokes2D, "rollout", lambda *a: pytest.fail("regenerated"))
+    tiny(tmp_path).setup()
+    monkeypatch.undo()
+    monkeypatch.setattr(module, "_PEAK", 0.02)  # fool the construction-time CFL estimate
+    exploding = tiny(
+        tmp_path / "x", forcing="kolmogorov", forcing_amplitude=50.0, forcing_wavenumber=1, drag=0.5
+    )
+    with pytest.raises(ValueError, match="CFL"):
+        exploding.prepare_data()
+    assert not list((tmp_path / "x").glob("*.h5"))
+
+
+def test_generate_entry_reads_dicts_and_lightning_configs(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "data:\n  class_path: symcoherence.data.NavierStokesDataModule\n  init_args:\n"
+        "    n: 16\n    num_trajectories: 2\n    num_frames: 3\n    burn_in: 0.0\n"
+    )
+    path = generate(config, progress=False, cache_dir=str(tmp_path))
+    assert path.exists() and path.parent == tmp_path
+    assert generate(
+        {
+            **TINY,
+            "num_trajectories": 2,
+            "num_frames": 3,
+            "cache_dir": str(tmp_path),
+            "progress": True,
+        },
+        progress=False,
+    ).exists()

@@ -89,6 +89,11 @@ class EmulatorModule(L.LightningModule):
         rollout_every_n_epochs: validate rollouts every this many epochs.
         log_images: log the image panel when a ``TensorBoardLogger`` is attached.
 
+    Equivariance:
+        Exactly that of the backbone: the module adds no layers. Rollouts inherit the one-step
+        symmetries of ``f`` for actions that commute with re-forming the input history (all
+        the planar grid actions do, since they act frame by frame).
+
     Checkpoints store the backbone's spec (for the symcoherence backbones and
     :class:`GroupAveraged` of them) and the loss's import path, so
     ``EmulatorModule.load_from_checkpoint(path)`` rebuilds the module; for other backbones or
@@ -157,7 +162,7 @@ class EmulatorModule(L.LightningModule):
     # ------------------------------------------------------------------ checks
     def setup(self, stage: str) -> None:
         """Compare the datamodule's declared channel counts (if any) with the backbone's."""
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        datamodule = getattr(self.trainer, "datamodule", None)
         for name in ("in_channels", "out_channels"):
             data_value = getattr(datamodule, name, None)
             model_value = getattr(self.backbone, name, None)

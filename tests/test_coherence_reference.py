@@ -96,3 +96,14 @@ def test_adam_metric_matches_reference():
     close(fast.matrix, slow.matrix, torch.float64)
     identity = sc.orbit_influence(model, sc.smse, x, y, sc.groups.D4(), PSEUDO)
     assert not torch.allclose(identity.matrix, fast.matrix)
+
+
+def test_automatic_chunk_sizes():
+    from symcoherence.coherence.per_sample import resolve_chunk_size
+
+    cpu = torch.device("cpu")
+    assert resolve_chunk_size("auto", 16, 1_000, torch.float32, cpu) == 8  # CPU cap
+    assert resolve_chunk_size("auto", 3, 1_000, torch.float32, cpu) == 3  # never above N
+    assert resolve_chunk_size("auto", 16, 10_000_000, torch.float32, cpu) == 1  # memory: a loop
+    assert resolve_chunk_size(None, 16, 10_000_000, torch.float32, cpu) == 16
+    assert resolve_chunk_size(5, 16, 10, torch.float32, cpu) == 5

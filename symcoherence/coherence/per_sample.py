@@ -39,6 +39,9 @@ _AUTO_CHUNK_BYTES = 32 * 2**20
 # ... and never more than this many samples on CPU, where very wide vmapped kernels lose to a loop.
 _AUTO_CHUNK_CPU_CAP = 8
 _AUTO_CHUNK_GPU_CAP = 256
+# On CPU, vmap over fewer samples than this loses to a plain loop (measured on the small U-Net and
+# FNO presets at 64²), so smaller automatic chunks fall back to the loop.
+_AUTO_CHUNK_CPU_MIN = 4
 
 
 def _plain(tensor: torch.Tensor) -> torch.Tensor:
@@ -201,10 +204,29 @@ class FunctionalModel:
         size = resolve_chunk_size(
             chunk_size, inputs.shape[0], self.layout.size, self.dtype, self.device
         )
+        if size == 1 and randomness == "error":
+            for start in range(inputs.shape[0]):
+                yield (
+                    slice(start, start + 1),
+                    self._autograd_grad(loss_fn, inputs[start], targets[start]),
+                )
+            return
         batched = vmap(grad(self.sample_loss(loss_fn)), in_dims=(None, 0, 0), randomness=randomness)
         for start in range(0, inputs.shape[0], size):
             samples = slice(start, min(start + size, inputs.shape[0]))
             yield samples, batched(self.params, inputs[samples], targets[samples])
+
+    def _autograd_grad(
+        self, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """One sample's gradient with plain ``torch.autograd.grad``, shaped ``{name: (1, ...)}``."""
+        leaves = {name: p.detach().requires_grad_() for name, p in self.params.items()}
+        loss = self.sample_loss(loss_fn)(leaves, x, y)
+        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        return {
+            name: (torch.zeros_like(leaf) if g is None else g).unsqueeze(0)
+            for (name, leaf), g in zip(leaves.items(), grads, strict=True)
+        }
 
     def flat_grads(self, loss_fn, inputs, targets, chunk_size="auto", randomness="error"):
         """Yield ``(samples, (c, P))`` flat per-sample gradient blocks."""
@@ -222,15 +244,20 @@ def resolve_chunk_size(
     """Samples per ``vmap`` call: an explicit positive int, ``None`` (all at once) or ``"auto"``.
 
     ``"auto"`` keeps a chunk's per-sample gradients within 32 MiB and, on CPU, at most 8 samples
-    (measured: wider vmapped kernels run no faster than a loop there and only cost memory).
+    (measured: wider vmapped kernels run no faster there and only cost memory); where memory
+    allows fewer than 4 samples on CPU it returns 1. A chunk of 1 (without dropout randomness) runs
+    as a plain loop of ``torch.autograd.grad``, which beats ``vmap`` over so few samples.
     """
     if chunk_size is None:
         return max(num_samples, 1)
     if chunk_size == "auto":
         itemsize = torch.empty((), dtype=dtype).element_size()
         by_memory = _AUTO_CHUNK_BYTES // max(3 * num_params * itemsize, 1)
-        cap = _AUTO_CHUNK_CPU_CAP if torch.device(device).type == "cpu" else _AUTO_CHUNK_GPU_CAP
-        return int(max(1, min(by_memory, cap, max(num_samples, 1))))
+        on_cpu = torch.device(device).type == "cpu"
+        size = int(max(1, min(by_memory, _AUTO_CHUNK_CPU_CAP if on_cpu else _AUTO_CHUNK_GPU_CAP)))
+        if on_cpu and size < _AUTO_CHUNK_CPU_MIN:
+            return 1
+        return min(size, max(num_samples, 1))
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, None or 'auto', got {chunk_size!r}")
     return chunk_size

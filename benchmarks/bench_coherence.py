@@ -1,0 +1,166 @@
+"""Speed and memory of the orbit-influence engine, as ratios measured in one run.
+
+For the small U-Net and FNO presets of ``symcoherence.models`` on 64² fields, D4 (K = 8), N = 16:
+
+* engine time (``orbit_influence``, identity metric, ``K·N`` per-sample gradients) ÷ one batched
+  forward+backward over the same ``K·N`` transformed samples (target ≤ 1.5) and ÷ a naive
+  per-sample loop of ``torch.autograd.grad`` reduced the same way (target ≤ 1.0);
+* peak extra memory of the engine ÷ ``K·N·P·4`` bytes (target ≤ 0.25);
+* Gauss–Newton (``subspace``, ``cg``) time ÷ identity time, and the ``cg`` residual reached.
+
+Memory method: torch's CPU allocator keeps no peak statistic and ``tracemalloc`` does not see its
+allocations, so every memory measurement runs in a fresh subprocess and reports the growth of the
+process's peak resident set (``getrusage(RUSAGE_SELF).ru_maxrss``, a high-water mark) from just
+before the measured call (after model, data and a one-sample warm-up are in place) to just after.
+This counts everything the call touched at its peak, including allocator slack.
+
+Usage: ``python benchmarks/bench_coherence.py [--threads T] [--repeats R] [--cg-iters I]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+import symcoherence as sc
+from symcoherence.coherence import GaussNewton
+from symcoherence.models import FNO2d, UNet2d
+
+GRID, N, GROUP, KIND = 64, 16, sc.groups.D4(), sc.FieldType(["pseudoscalar"])
+
+
+def build(name: str):
+    torch.manual_seed(0)
+    model = {"unet": UNet2d, "fno": FNO2d}[name](1, 1, preset="small").eval()
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(N, 1, GRID, GRID, generator=generator)
+    y = torch.randn(N, 1, GRID, GRID, generator=generator)
+    return model, x, y
+
+
+def num_params(model) -> int:
+    return sum(p.numel() * (2 if p.is_complex() else 1) for p in model.parameters())
+
+
+def engine(model, x, y, metric="identity"):
+    return sc.orbit_influence(model, sc.smse, x, y, GROUP, KIND, metric=metric)
+
+
+def batched_step(model, x, y):
+    """One forward+backward over the K·N transformed samples (the cost of training on them)."""
+    xs = GROUP.orbit(x, KIND).flatten(0, 1)
+    ys = GROUP.orbit(y, KIND).flatten(0, 1)
+    model.zero_grad(set_to_none=True)
+    torch.func.vmap(sc.smse)(model(xs), ys).sum().backward()
+
+
+def naive_loop(model, x, y):
+    """Per-sample ``autograd.grad`` in a Python loop, reduced against the kets as the engine does."""
+    params = list(model.parameters())
+
+    def flat_grad(xn, yn):
+        grads = torch.autograd.grad(sc.smse(model(xn[None])[0], yn), params)
+        return torch.cat(
+            [(torch.view_as_real(g) if g.is_complex() else g).reshape(-1) for g in grads]
+        )
+
+    kets = torch.stack([flat_grad(xn, yn) for xn, yn in zip(x, y, strict=True)])
+    matrix = torch.empty(len(GROUP), N, N)
+    for k, element in enumerate(GROUP.elements):
+        gx, gy = GROUP.act_pair(element, x, y, KIND)
+        for n in range(N):
+            matrix[k, n] = kets @ flat_grad(gx[n], gy[n])
+    return matrix
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def peak_rss_child(name: str, what: str, threads: int) -> None:
+    """Runs in a subprocess: print the growth of peak RSS over one measured call, in bytes."""
+    torch.set_num_threads(threads)
+    model, x, y = build(name)
+    naive_grad = torch.autograd.grad(sc.smse(model(x[:1])[0], y[0]), list(model.parameters()))
+    del naive_grad
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    {"engine": lambda: engine(model, x, y), "batched": lambda: batched_step(model, x, y)}[what]()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"extra_bytes": (after - before) * 1024}))
+
+
+def peak_rss(name: str, what: str, threads: int) -> int:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", name, what, "--threads", str(threads)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])["extra_bytes"]
+
+
+def report(name: str, args: argparse.Namespace) -> None:
+    model, x, y = build(name)
+    params = num_params(model)
+    dense_bytes = len(GROUP) * N * params * 4
+    t_engine = timed(lambda: engine(model, x, y), args.repeats)
+    t_batched = timed(lambda: batched_step(model, x, y), args.repeats)
+    t_loop = timed(lambda: naive_loop(model, x, y), 1)
+    subspace = GaussNewton(solver="subspace")
+    cg = GaussNewton(solver="cg", max_iter=args.cg_iters)
+    t_subspace = timed(lambda: engine(model, x, y, subspace), 1)
+    start = time.perf_counter()
+    cg_result = engine(model, x, y, cg)
+    t_cg = time.perf_counter() - start
+    extra = peak_rss(name, "engine", args.threads)
+    extra_batched = peak_rss(name, "batched", args.threads)
+    print(f"\n{name}: P = {params:,}, K·N·P·4 = {dense_bytes / 2**20:.0f} MiB")
+    print(f"  engine (identity)           {t_engine:8.2f} s")
+    print(
+        f"  ÷ batched fwd+bwd (K·N)     {t_engine / t_batched:8.2f}   (target ≤ 1.5; {t_batched:.2f} s)"
+    )
+    print(
+        f"  ÷ naive per-sample loop     {t_engine / t_loop:8.2f}   (target ≤ 1.0; {t_loop:.2f} s)"
+    )
+    print(
+        f"  peak extra memory ÷ K·N·P·4 {extra / dense_bytes:8.3f}   (target ≤ 0.25; {extra / 2**20:.0f} MiB)"
+    )
+    print(f"    (batched fwd+bwd for scale: {extra_batched / 2**20:.0f} MiB)")
+    print(f"  Gauss–Newton subspace ÷ id  {t_subspace / t_engine:8.2f}   ({t_subspace:.2f} s)")
+    print(
+        f"  Gauss–Newton cg ÷ id        {t_cg / t_engine:8.2f}   ({t_cg:.2f} s, "
+        f"{cg_result.info['cg_iterations']} iterations, relative residual "
+        f"{cg_result.info['cg_relative_residual']:.2e}, tol {cg.tol:g})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--cg-iters", type=int, default=10)
+    parser.add_argument("--child", nargs=2, metavar=("MODEL", "WHAT"))
+    args = parser.parse_args()
+    if args.child:
+        peak_rss_child(*args.child, args.threads)
+        return
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads, {GRID}², D4 K={len(GROUP)}, N={N}")
+    for name in ("unet", "fno"):
+        report(name, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import symcoherence as sc
 from symcoherence.models import EmulatorModule, GroupAveraged, UNet2d
+from symcoherence.testing import assert_equivariant
 
 GRID = 16
 
@@ -217,6 +218,31 @@ def test_checkpoints_reload_with_load_from_checkpoint(tmp_path, backbone):
     assert restored.hparams["lr"] == 1e-3
     x = data.inputs[:2]
     torch.testing.assert_close(restored(x), module(x), **TOL["exact"])
+
+
+def test_group_average_option_wraps_the_backbone_and_survives_a_checkpoint(tmp_path):
+    velocity = sc.FieldType(["vector"])
+    module = EmulatorModule(
+        UNet2d(2, 2, width=8, depth=1),
+        rollout_horizon=0,
+        field_type=velocity,
+        symmetry_group="D4",
+        group_average=True,
+    )
+    assert isinstance(module.backbone, GroupAveraged)
+    assert_equivariant(module, sc.groups.D4(), velocity, grid=8)
+    trainer = _trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=1)
+    trainer.fit(module, datamodule=AdvectionData(channels=2))
+    path = tmp_path / "group_average.ckpt"
+    trainer.save_checkpoint(path)
+    restored = EmulatorModule.load_from_checkpoint(path)
+    assert isinstance(restored.backbone, GroupAveraged)  # wrapped once, not twice
+    assert isinstance(restored.backbone.backbone, UNet2d)
+    assert restored.field_type == velocity and restored.symmetry_group.name == "D4"
+    x = torch.randn(2, 2, 8, 8)
+    torch.testing.assert_close(restored(x), module(x), **TOL["exact"])
+    with pytest.raises(ValueError, match="needs symmetry_group and field_type"):
+        EmulatorModule(UNet2d(2, 2), group_average=True)
 
 
 def test_declared_channel_mismatch_fails_at_setup():

@@ -42,8 +42,10 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from symcoherence.coherence.loss import smse
+from symcoherence.groups import FieldType, Group, resolve_group
 from symcoherence.models import rollout_metrics as rm
 from symcoherence.models.base import build_from_spec, module_spec
+from symcoherence.models.group_averaged import GroupAveraged
 from symcoherence.models.panel import render_panel
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,10 @@ def _resolve_loss(loss: LossFn | str | None) -> tuple[LossFn, str | None]:
     return loss, path if importable else None
 
 
+def _as_field_type(value: FieldType | list[str] | None) -> FieldType | None:
+    return value if value is None or isinstance(value, FieldType) else FieldType(value)
+
+
 class EmulatorModule(L.LightningModule):
     """One-step emulator training with rollout validation (see the module docstring).
 
@@ -88,6 +94,12 @@ class EmulatorModule(L.LightningModule):
         rollout_horizon: number of autoregressive steps validated (0 disables rollouts).
         rollout_every_n_epochs: validate rollouts every this many epochs.
         log_images: log the image panel when a ``TensorBoardLogger`` is attached.
+        field_type: field type of the inputs (the CLI links it from the datamodule).
+        target_field_type: field type of the targets (default ``field_type``).
+        symmetry_group: the dataset's declared group (the CLI links it from the datamodule).
+        group_average: wrap the backbone in :class:`~symcoherence.models.GroupAveraged` over
+            ``symmetry_group`` — the exactly equivariant control model; needs ``field_type`` and
+            ``symmetry_group``.
 
     Equivariance:
         Exactly that of the backbone: the module adds no layers. Rollouts inherit the one-step
@@ -114,17 +126,35 @@ class EmulatorModule(L.LightningModule):
         rollout_horizon: int = 10,
         rollout_every_n_epochs: int = 1,
         log_images: bool = True,
+        field_type: FieldType | list[str] | None = None,
+        target_field_type: FieldType | list[str] | None = None,
+        symmetry_group: Group | str | dict | None = None,
+        group_average: bool = False,
     ):
         super().__init__()
         if isinstance(backbone, dict):
             backbone = build_from_spec(backbone)
         if not isinstance(backbone, torch.nn.Module):
             raise TypeError(f"backbone must be a torch.nn.Module, got {type(backbone).__name__}")
+        self.field_type = _as_field_type(field_type)
+        self.target_field_type = _as_field_type(target_field_type) or self.field_type
+        self.symmetry_group = resolve_group(symmetry_group)
         if lr <= 0 or weight_decay < 0 or rollout_horizon < 0 or rollout_every_n_epochs < 1:
             raise ValueError(
                 "need lr > 0, weight_decay >= 0, rollout_horizon >= 0 and "
                 f"rollout_every_n_epochs >= 1; got lr={lr}, weight_decay={weight_decay}, "
                 f"rollout_horizon={rollout_horizon}, rollout_every_n_epochs={rollout_every_n_epochs}"
+            )
+        spec = module_spec(backbone)
+        if group_average:
+            if self.symmetry_group is None or self.field_type is None:
+                raise ValueError(
+                    "group_average=True needs symmetry_group and field_type (the CLI links both "
+                    "from the datamodule; in Python pass e.g. symmetry_group=D4(), "
+                    "field_type=FieldType(['pseudoscalar']))"
+                )
+            backbone = GroupAveraged(
+                backbone, self.symmetry_group, self.field_type, self.target_field_type
             )
         self.backbone = backbone
         self.loss_fn, loss_path = _resolve_loss(loss)
@@ -134,8 +164,13 @@ class EmulatorModule(L.LightningModule):
             "rollout_horizon": rollout_horizon,
             "rollout_every_n_epochs": rollout_every_n_epochs,
             "log_images": log_images,
+            "group_average": group_average,
         }
-        spec = module_spec(backbone)
+        if self.field_type is not None:
+            hparams["field_type"] = self.field_type.to_list()
+            hparams["target_field_type"] = self.target_field_type.to_list()
+        if self.symmetry_group is not None:
+            hparams["symmetry_group"] = self.symmetry_group.spec()
         if spec is not None:
             hparams["backbone"] = spec
         if loss_path is not None:

@@ -239,7 +239,7 @@ class NavierStokes2D(torch.nn.Module):
     def _advection_hat(self, omega_hat: torch.Tensor, fields: torch.Tensor) -> torch.Tensor:
         """``rfft2(u·∇ω)`` (not yet dealiased)."""
         physical = torch.fft.irfft2(omega_hat.unsqueeze(-3) * fields, s=(self.n, self.n))
-        advection = (physical[..., :2, :, :] * physical[..., 2:, :, :]).sum(-3)
+        advection = torch.linalg.vecdot(physical[..., :2, :, :], physical[..., 2:, :, :], dim=-3)
         return torch.fft.rfft2(advection)
 
     def _step(self, omega_hat: torch.Tensor, h: float, operators: dict) -> torch.Tensor:

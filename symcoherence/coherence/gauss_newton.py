@@ -45,6 +45,9 @@ from symcoherence.coherence.metrics import InfluenceProblem, Metric, Reduction, 
 from symcoherence.coherence.per_sample import FunctionalModel
 
 SOLVERS = ("cg", "subspace")
+# Products with many vectors are vmapped in row chunks: one call sees at most this many samples
+# (vectors × probe batch), which bounds the activation memory of the batched jvp / vjp.
+SAMPLES_PER_CALL = 64
 
 
 class LinearizedModel:
@@ -64,22 +67,39 @@ class LinearizedModel:
         self._forward = forward
         outputs, self._vjp = vjp(forward, fmodel.params)
         self.output_shape = outputs.shape
+        self.batch_size = inputs.shape[0]
         self.num_outputs = outputs.numel()
+
+    def _rows(self, total: int) -> list[slice]:
+        """Row chunks so that one vmapped call sees at most ``SAMPLES_PER_CALL`` batched samples."""
+        step = max(1, SAMPLES_PER_CALL // max(self.batch_size, 1))
+        return [slice(start, min(start + step, total)) for start in range(0, total, step)]
 
     def jvp(self, vectors: torch.Tensor) -> torch.Tensor:
         """``J v`` for rows ``v`` of ``(c, P)`` -> ``(c, F)``."""
-        tangents = self.fmodel.layout.unflatten(vectors)
 
         def one(tangent):
             return jvp(self._forward, (self.fmodel.params,), (tangent,))[1].reshape(-1)
 
-        return vmap(one)(tangents)
+        batched = vmap(one)
+        return torch.cat(
+            [
+                batched(self.fmodel.layout.unflatten(vectors[rows]))
+                for rows in self._rows(len(vectors))
+            ]
+        )
 
     def vjp(self, cotangents: torch.Tensor) -> torch.Tensor:
         """``Jᵀ u`` for rows ``u`` of ``(c, F)`` -> ``(c, P)``."""
-        shape = (cotangents.shape[0], *self.output_shape)
-        pulled = vmap(lambda u: self._vjp(u)[0])(cotangents.reshape(shape))
-        return self.fmodel.layout.flatten(pulled)
+        batched = vmap(lambda u: self._vjp(u)[0])
+        return torch.cat(
+            [
+                self.fmodel.layout.flatten(
+                    batched(cotangents[rows].reshape(-1, *self.output_shape))
+                )
+                for rows in self._rows(len(cotangents))
+            ]
+        )
 
 
 class GaussNewton(Metric):

@@ -47,6 +47,10 @@ class OrbitInfluence:
         info: solver diagnostics (e.g. ``cg_iterations``, ``cg_relative_residual``).
         by_module: for diagonal metrics when asked, ``{module: (K, N, N)}`` raw parts summing
             exactly to ``matrix``.
+
+    Vanishing gradients: a probe whose gradient is zero has zero raw influence, and its rows and
+    entries normalize to ``0`` (never NaN), see :mod:`symcoherence.coherence.normalization`; a
+    ratio whose identity median is zero is NaN.
     """
 
     matrix: torch.Tensor

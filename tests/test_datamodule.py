@@ -50,6 +50,19 @@ def test_probe_batch_uses_distinct_trajectories(tmp_path):
         data.probe_batch(3)
 
 
+def test_rollout_batch_continues_the_input_frames(tmp_path):
+    data = tiny(tmp_path, history=2)
+    x0, trajectory = data.rollout_batch(2)
+    frames = data.data[data.splits["val"]]
+    assert torch.equal(x0, frames[:, :2].flatten(1, 2))
+    assert torch.equal(trajectory, frames[:, 2:4])
+    # the last input frame is followed by the first frame of the continuation, as a pair
+    x, y = data.dataset("val").pair(0)
+    assert torch.equal(x, x0[0]) and torch.equal(y, trajectory[0, 0])
+    with pytest.raises(ValueError, match="at least 12 frames"):
+        data.rollout_batch(10)
+
+
 @pytest.mark.parametrize("fields", ["vorticity", "velocity"])
 def test_augmented_pair_is_an_exact_solver_pair(tmp_path, fields):
     data = tiny(

@@ -298,3 +298,29 @@ class TrajectoryDataModule(L.LightningDataModule):
             pairs.pair(t * pairs.per_trajectory + s) for t, s in zip(chosen, times, strict=True)
         ]
         return torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples])
+
+    def rollout_batch(
+        self, horizon: int, split: str = "val", max_trajectories: int = 8
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Starting inputs and true continuations for autoregressive validation.
+
+        Uses the first ``min(max_trajectories, available)`` trajectories of ``split``: the input is
+        the first ``history`` frames stacked along channels, the continuation the next ``horizon``
+        frames, both normalized like the training pairs.
+
+        Returns:
+            ``(x0, trajectory)`` of shapes ``(B, history·C, H, W)`` and ``(B, horizon, C, H, W)``.
+
+        Raises:
+            ValueError: if trajectories have fewer than ``history + horizon`` frames.
+        """
+        self.setup()
+        frames = self.data[self.splits[split][:max_trajectories]]
+        if frames.shape[1] < self.history + horizon:
+            raise ValueError(
+                f"a rollout of {horizon} steps after {self.history} input frame(s) needs "
+                f"trajectories of at least {self.history + horizon} frames; these have "
+                f"{frames.shape[1]}. Lower the rollout horizon or record more frames"
+            )
+        x0 = frames[:, : self.history].flatten(1, 2)
+        return x0, frames[:, self.history : self.history + horizon]

@@ -1,0 +1,102 @@
+"""Overhead of OrbitCoherenceMonitor on a small CPU training run (ratios measured in one run).
+
+Prints:
+  * wall time with the monitor at its default schedule (once per epoch) / without it (target <= 1.05);
+  * wall time with the monitor present but never firing / without it (target <= 1.01);
+  * the time of one firing in units of one training step, for the identity and gauss_newton metrics.
+
+Run: ``python benchmarks/bench_callback.py`` (from the repository root).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from test_callback_helpers import TinyData, TinyModule, trainer  # noqa: E402
+from torch import nn  # noqa: E402
+
+import symcoherence as sc  # noqa: E402
+
+GRID, CHANNELS, EPOCHS, REPEATS = 32, 16, 3, 3
+
+
+def module() -> TinyModule:
+    torch.manual_seed(0)
+    backbone = nn.Sequential(
+        nn.Conv2d(1, CHANNELS, 3, padding=1, padding_mode="circular"),
+        nn.GELU(),
+        nn.Conv2d(CHANNELS, CHANNELS, 3, padding=1, padding_mode="circular"),
+        nn.GELU(),
+        nn.Conv2d(CHANNELS, 1, 3, padding=1, padding_mode="circular"),
+    )
+    return TinyModule(backbone, lr=1e-3)
+
+
+def data() -> TinyData:
+    return TinyData(n_train=512, n_val=64, batch_size=8, grid=GRID)
+
+
+def run(callbacks) -> float:
+    fit = trainer(callbacks, max_epochs=EPOCHS, limit_val_batches=0)
+    start = time.perf_counter()
+    fit.fit(module(), datamodule=data())
+    return time.perf_counter() - start
+
+
+class TimedMonitor(sc.OrbitCoherenceMonitor):
+    """Records the wall time of every firing (probe drawing happens before, at train start)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seconds: list[float] = []
+
+    def measure(self, trainer, pl_module):
+        start = time.perf_counter()
+        result = super().measure(trainer, pl_module)
+        self.seconds.append(time.perf_counter() - start)
+        return result
+
+
+def firing_time(metric: str) -> float:
+    """Median wall time of one firing (48 probes, D4, equivariance errors included)."""
+    monitor = TimedMonitor(metric=metric, every_n_epochs=None, every_n_train_steps=16)
+    trainer([monitor], max_epochs=1, limit_val_batches=0, limit_train_batches=64).fit(
+        module(), datamodule=data()
+    )
+    return statistics.median(monitor.seconds)
+
+
+def main() -> None:
+    steps = EPOCHS * 512 // 8
+    without = min(run([]) for _ in range(REPEATS))
+    default = min(run([sc.OrbitCoherenceMonitor()]) for _ in range(REPEATS))
+    idle = min(
+        run([sc.OrbitCoherenceMonitor(every_n_epochs=None, every_n_train_steps=10**9)])
+        for _ in range(REPEATS)
+    )
+    step_time = without / steps
+    print(
+        f"training run: {steps} steps, {without:.2f} s without the monitor ({1e3 * step_time:.1f} ms/step)"
+    )
+    print(
+        f"default schedule (every epoch, 48 probes, D4) / without: {default / without:.3f}  (target <= 1.05)"
+    )
+    print(
+        f"present, never firing / without:                      {idle / without:.3f}  (target <= 1.01)"
+    )
+    for metric in ("identity", "gauss_newton"):
+        seconds = firing_time(metric)
+        print(
+            f"one firing, {metric:>12}: {seconds:.2f} s = {seconds / step_time:.0f} training steps"
+        )
+
+
+if __name__ == "__main__":
+    main()

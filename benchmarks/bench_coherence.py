@@ -10,9 +10,11 @@ For the small U-Net and FNO presets of ``symcoherence.models`` on 64² fields, D
 
 Memory method: torch's CPU allocator keeps no peak statistic and ``tracemalloc`` does not see its
 allocations, so every memory measurement runs in a fresh subprocess and reports the growth of the
-process's peak resident set (``getrusage(RUSAGE_SELF).ru_maxrss``, a high-water mark) from just
-before the measured call (after model, data and a one-sample warm-up are in place) to just after.
-This counts everything the call touched at its peak, including allocator slack.
+process's peak resident set from just before the measured call (after model, data and a
+one-sample warm-up are in place; the peak ``VmHWM`` is reset there through
+``/proc/self/clear_refs``) to its peak during the call (``VmHWM`` in ``/proc/self/status``; not
+``ru_maxrss``, which Linux carries over from the parent across ``exec``). This counts everything
+the call touched at its peak, including allocator slack. Linux only.
 
 Usage: ``python benchmarks/bench_coherence.py [--threads T] [--repeats R] [--cg-iters I]``.
 """
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -89,16 +90,25 @@ def timed(fn, repeats: int) -> float:
     return best
 
 
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}; this memory method needs Linux")
+
+
 def peak_rss_child(name: str, what: str, threads: int) -> None:
     """Runs in a subprocess: print the growth of peak RSS over one measured call, in bytes."""
     torch.set_num_threads(threads)
     model, x, y = build(name)
     naive_grad = torch.autograd.grad(sc.smse(model(x[:1])[0], y[0]), list(model.parameters()))
     del naive_grad
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # reset the peak (VmHWM) to the current resident set
+    before = _status_kib("VmRSS")
     {"engine": lambda: engine(model, x, y), "batched": lambda: batched_step(model, x, y)}[what]()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"extra_bytes": (after - before) * 1024}))
+    print(json.dumps({"extra_bytes": (_status_kib("VmHWM") - before) * 1024}))
 
 
 def peak_rss(name: str, what: str, threads: int) -> int:
@@ -115,34 +125,42 @@ def report(name: str, args: argparse.Namespace) -> None:
     model, x, y = build(name)
     params = num_params(model)
     dense_bytes = len(GROUP) * N * params * 4
+    print(f"\n{name}: P = {params:,}, K·N·P·4 = {dense_bytes / 2**20:.0f} MiB", flush=True)
     t_engine = timed(lambda: engine(model, x, y), args.repeats)
     t_batched = timed(lambda: batched_step(model, x, y), args.repeats)
     t_loop = timed(lambda: naive_loop(model, x, y), 1)
-    subspace = GaussNewton(solver="subspace")
-    cg = GaussNewton(solver="cg", max_iter=args.cg_iters)
-    t_subspace = timed(lambda: engine(model, x, y, subspace), 1)
-    start = time.perf_counter()
-    cg_result = engine(model, x, y, cg)
-    t_cg = time.perf_counter() - start
-    extra = peak_rss(name, "engine", args.threads)
-    extra_batched = peak_rss(name, "batched", args.threads)
-    print(f"\n{name}: P = {params:,}, K·N·P·4 = {dense_bytes / 2**20:.0f} MiB")
     print(f"  engine (identity)           {t_engine:8.2f} s")
     print(
         f"  ÷ batched fwd+bwd (K·N)     {t_engine / t_batched:8.2f}   (target ≤ 1.5; {t_batched:.2f} s)"
     )
     print(
-        f"  ÷ naive per-sample loop     {t_engine / t_loop:8.2f}   (target ≤ 1.0; {t_loop:.2f} s)"
+        f"  ÷ naive per-sample loop     {t_engine / t_loop:8.2f}   (target ≤ 1.0; {t_loop:.2f} s)",
+        flush=True,
     )
+    extra = peak_rss(name, "engine", args.threads)
+    extra_batched = peak_rss(name, "batched", args.threads)
     print(
         f"  peak extra memory ÷ K·N·P·4 {extra / dense_bytes:8.3f}   (target ≤ 0.25; {extra / 2**20:.0f} MiB)"
     )
-    print(f"    (batched fwd+bwd for scale: {extra_batched / 2**20:.0f} MiB)")
-    print(f"  Gauss–Newton subspace ÷ id  {t_subspace / t_engine:8.2f}   ({t_subspace:.2f} s)")
+    print(f"    (batched fwd+bwd over K·N, for scale: {extra_batched / 2**20:.0f} MiB)", flush=True)
+    subspace = GaussNewton(solver="subspace")
+    start = time.perf_counter()
+    sub_result = engine(model, x, y, subspace)
+    t_subspace = time.perf_counter() - start
+    print(
+        f"  Gauss–Newton subspace ÷ id  {t_subspace / t_engine:8.2f}   ({t_subspace:.2f} s, "
+        f"rank {sub_result.info['subspace_rank']} of {sub_result.info['subspace_columns']})",
+        flush=True,
+    )
+    cg = GaussNewton(solver="cg", max_iter=args.cg_iters)
+    start = time.perf_counter()
+    cg_result = engine(model, x, y, cg)
+    t_cg = time.perf_counter() - start
     print(
         f"  Gauss–Newton cg ÷ id        {t_cg / t_engine:8.2f}   ({t_cg:.2f} s, "
         f"{cg_result.info['cg_iterations']} iterations, relative residual "
-        f"{cg_result.info['cg_relative_residual']:.2e}, tol {cg.tol:g})"
+        f"{cg_result.info['cg_relative_residual']:.2e}, tol {cg.tol:g})",
+        flush=True,
     )
 
 

@@ -2,18 +2,20 @@
 
 Prints (all numbers measured in this run, on this machine):
   * shallow-water generator throughput in solver steps per second, one trajectory at a time, at the
-    default 32×64 grid and the larger 64×128 preset, with one intra-op thread (the default) and
-    with torch's thread setting;
+    default 32×64 grid and the larger 64×128 preset, with one intra-op thread (the solver's
+    default) and with all of torch's default threads;
   * the time of one OrbitCoherenceMonitor firing on the SFNO "small" preset with the datamodule's
     diagnostic group (ZonalxEquator, 16 elements, 16 probes) in units of one training step, for the
     identity metric and the Gauss-Newton metric with the subspace solver (as in
     configs/sphere_sfno.yaml).
 
-Run: ``python benchmarks/bench_sphere.py`` (from the repository root).
+Run: ``python benchmarks/bench_sphere.py [--threads N]`` (from the repository root); ``--threads``
+sets torch's intra-op threads for the training part (on a busy 2-core machine, 1 is steadier).
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import tempfile
 import time
@@ -91,12 +93,18 @@ def firing(metric: str | GaussNewton, cache_dir: str) -> tuple[float, float]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    threads = parser.parse_args().threads
+    machine = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
     for label, (nlat, nlon, dt) in GRIDS.items():
         single = steps_per_second(nlat, nlon, dt, threads=1)
-        default = steps_per_second(nlat, nlon, dt, threads=None)
+        default = steps_per_second(nlat, nlon, dt, threads=machine)
         print(
             f"shallow water {label} (dt={dt:.0f} s): {single:7.0f} steps/s with 1 thread, "
-            f"{default:7.0f} steps/s with {torch.get_num_threads()} threads",
+            f"{default:7.0f} steps/s with {machine} threads",
             flush=True,
         )
     with tempfile.TemporaryDirectory() as cache_dir:

@@ -171,7 +171,8 @@ def analyze(
         probe_seed: seed of the probe draw.
         optimizer: the restored optimizer (for ``metric="adam"``).
     """
-    resolved = resolve_group(group, default=datamodule.symmetry_group)
+    declared = datamodule.symmetry_group
+    resolved = declared if group is None else resolve_group(group, default=declared)
     if resolved is None:
         raise ValueError("the datamodule declares no symmetry group; pass --group, e.g. D4")
     datamodule.prepare_data()

@@ -96,8 +96,8 @@ def lightning_cli(args: Sequence[str] | dict[str, Any] | None, run: bool = True)
 
 
 def _print_log_location(trainer: Any) -> None:
-    if not trainer.is_global_zero or trainer.logger is None:
-        return
+    if not trainer.is_global_zero or getattr(trainer.logger, "save_dir", None) is None:
+        return  # no logger, or the stand-in logger of fast_dev_run
     log_dir = trainer.logger.log_dir
     root = Path(trainer.logger.save_dir)
     print(f"\nTensorBoard logs: {log_dir}")

@@ -1,22 +1,11 @@
 """Tiny models shared by the coherence tests (the "zoo" of the issue) and an inline group average."""
 
-import pytest
 import torch
 from torch import nn
 
 import symcoherence as sc
 
 GRID = 6
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine the
-    spin-waiting of a second thread slows each op by up to ~50x; test modules import this."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class FieldMLP(nn.Module):

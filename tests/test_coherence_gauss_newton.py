@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from coherence_zoo import PSEUDO, data, make, one_thread  # noqa: F401
+from coherence_zoo import PSEUDO, data, make  # noqa: F401
 from conftest import TOL
 
 import symcoherence as sc

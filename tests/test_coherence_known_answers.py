@@ -3,7 +3,7 @@ negative controls give ρ < 1; invariances of the normalized outputs."""
 
 import pytest
 import torch
-from coherence_zoo import PSEUDO, SCALAR, GroupAveraged, data, make, one_thread  # noqa: F401
+from coherence_zoo import PSEUDO, SCALAR, GroupAveraged, data, make  # noqa: F401
 from conftest import TOL
 
 import symcoherence as sc

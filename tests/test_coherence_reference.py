@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from coherence_zoo import PSEUDO, ZOO, data, make, one_thread  # noqa: F401
+from coherence_zoo import PSEUDO, ZOO, data, make  # noqa: F401
 from conftest import tol_for
 
 import symcoherence as sc

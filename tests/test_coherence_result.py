@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from coherence_zoo import PSEUDO, SCALAR, data, make, one_thread  # noqa: F401
+from coherence_zoo import PSEUDO, SCALAR, data, make  # noqa: F401
 from conftest import TOL
 
 import symcoherence as sc

@@ -17,16 +17,6 @@ from symcoherence.testing import assert_equivariant
 GRID = 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a shared, loaded machine two threads
-    per process oversubscribe the cores (measured: 30x slower); the setting is restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _advance(u):
     """The synthetic dynamics: advect by one cell along x (exactly learnable by a circular conv)."""
     return u.roll(1, dims=-1)

@@ -15,16 +15,6 @@ VECTOR = sc.FieldType(["vector"])
 VORTICITY = sc.FieldType(["pseudoscalar"])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a shared, loaded machine two threads
-    per process oversubscribe the cores (measured: 30x slower); the setting is restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 FACTORIES = {
     "unet": lambda: UNet2d(2, 2, width=8, depth=2),
     "unet_attention": lambda: UNet2d(2, 2, width=8, depth=2, attention=True, heads=2),

@@ -16,15 +16,6 @@ UVH = FieldType(["vector", "scalar"])
 BREAK = 1e-3  # a broken symmetry moves the output by far more than float32 round-off
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: one intra-op thread is faster and immune to a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def shift_errors(model, x, shifts):
     """``max|f(roll(x, k)) − roll(f(x), k)| / max|f(x)|`` for each ``k``, in one batched call."""
     rolled = torch.cat([torch.roll(x, k, dims=-1) for k in (0, *shifts)])

@@ -1,20 +1,14 @@
 """configs/sphere_sfno.yaml parses into the intended objects and runs a tiny fast_dev_run."""
 
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from symcoherence.cli import lightning_cli
 from symcoherence.coherence import GaussNewton
-from symcoherence.data.shallow_water import SphericalShallowWaterDataModule
+from symcoherence.data import SphericalShallowWaterDataModule
 from symcoherence.models import SFNO
 
-# Lightning 2.6's LightningCLI calls jsonargparse APIs that jsonargparse marks deprecated.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::jsonargparse._deprecated.JsonargparseDeprecationWarning"
-)
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sphere_sfno.yaml"
 # A smaller run of the same config: 16×32 grid, few short trajectories, 4 probes.
 TINY = [
@@ -30,17 +24,6 @@ TINY = [
     "--model.backbone.init_args.num_layers=2",
     "--model.rollout_horizon=2",
 ]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread_and_no_pytest_argv(monkeypatch):
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine. LightningCLI
-    warns when pytest's own command line sits next to explicit args."""
-    monkeypatch.setattr(sys, "argv", ["symcoherence"])
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_config_parses_into_the_sphere_classes(tmp_path):

@@ -20,7 +20,8 @@ from symcoherence.data.hdf5_datamodule import HDF5TrajectoryDataModule
 from symcoherence.data.initial_conditions import INITIAL_CONDITIONS, initial_vorticity
 from symcoherence.data.navier_stokes import NavierStokes2D
 from symcoherence.data.navier_stokes_datamodule import NavierStokesDataModule
-from symcoherence.data.trajectories import TrajectoryDataModule, resolve_group
+from symcoherence.data.shallow_water import SphericalShallowWaterDataModule
+from symcoherence.data.trajectories import TrajectoryDataModule
 
 __all__ = [
     "FORCINGS",
@@ -30,6 +31,7 @@ __all__ = [
     "HDF5TrajectoryDataModule",
     "NavierStokes2D",
     "NavierStokesDataModule",
+    "SphericalShallowWaterDataModule",
     "TrajectoryDataModule",
     "cache_key",
     "cache_path",
@@ -40,6 +42,5 @@ __all__ = [
     "load_trajectories",
     "make_forcing",
     "orbit_group",
-    "resolve_group",
     "stabilizer",
 ]

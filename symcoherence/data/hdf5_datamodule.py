@@ -26,8 +26,8 @@ import os
 import h5py
 import numpy as np
 
-from symcoherence.data.trajectories import TrajectoryDataModule, resolve_group
-from symcoherence.groups import FieldType, Group
+from symcoherence.data.trajectories import TrajectoryDataModule
+from symcoherence.groups import FieldType, Group, resolve_group
 
 
 class HDF5TrajectoryDataModule(TrajectoryDataModule):

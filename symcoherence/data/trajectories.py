@@ -29,34 +29,12 @@ Example:
 
 from __future__ import annotations
 
-import json
-
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from symcoherence.groups import C4, D4, FieldType, Group, from_spec
-
-
-def resolve_group(group: Group | str | None, default: Group | None = None) -> Group | None:
-    """A group from a :class:`Group`, ``None``, ``"D4"``, ``"C4"``, ``"default"`` or a JSON spec.
-
-    ``"default"`` returns ``default`` (the dataset's own symmetry group).
-    """
-    if group is None or isinstance(group, Group):
-        return group
-    if group == "default":
-        return default
-    named = {"D4": D4, "C4": C4}
-    if group in named:
-        return named[group]()
-    if isinstance(group, str) and group.lstrip().startswith("{"):
-        return from_spec(json.loads(group))
-    raise ValueError(
-        f"unknown group {group!r}; give a symcoherence.groups.Group, 'D4', 'C4', 'default' (the "
-        "dataset's declared symmetry group) or the JSON of group.spec()"
-    )
+from symcoherence.groups import FieldType, Group, resolve_group
 
 
 class _Pairs(Dataset):

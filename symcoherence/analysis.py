@@ -27,7 +27,13 @@ from typing import Any
 import torch
 import yaml
 
-from symcoherence.coherence import OrbitInfluence, equivariance_error, orbit_influence
+from symcoherence.coherence import (
+    GaussNewton,
+    Metric,
+    OrbitInfluence,
+    equivariance_error,
+    orbit_influence,
+)
 from symcoherence.coherence.summary import quantiles
 from symcoherence.groups import resolve_group
 
@@ -150,7 +156,7 @@ def analyze(
     datamodule: Any,
     group: Any = None,
     elements: Sequence[str] | None = None,
-    metric: str = "identity",
+    metric: str | Metric = "identity",
     normalization: str = "standard",
     probe_size: int = 16,
     probe_split: str = "val",
@@ -164,7 +170,8 @@ def analyze(
         datamodule: a :class:`~symcoherence.data.TrajectoryDataModule`.
         group: a group, a name (``"D4"``) or ``None`` for the datamodule's declared group.
         elements: element names (default: all).
-        metric: ``"identity"``, ``"adam"`` or ``"gauss_newton"``.
+        metric: ``"identity"``, ``"adam"``, ``"gauss_newton"`` or a
+            :class:`~symcoherence.coherence.Metric` such as ``GaussNewton(solver="subspace")``.
         normalization: ``"standard"``, ``"cosine"`` or ``"none"``.
         probe_size: number of probe pairs, from distinct trajectories.
         probe_split: split the probes come from.
@@ -220,6 +227,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--group", help="group name such as D4 (default: the dataset's group)")
     parser.add_argument("--elements", nargs="+", help="element names (default: all)")
     parser.add_argument("--metric", choices=METRICS, default="identity")
+    parser.add_argument(
+        "--solver",
+        choices=("subspace", "cg"),
+        default="subspace",
+        help="Gauss–Newton solver: 'subspace' (exact within the span of the probe gradients, "
+        "fast) or 'cg' (matrix-free conjugate gradients on the full metric, slow on a CPU)",
+    )
     parser.add_argument("--normalization", choices=NORMALIZATIONS, default="standard")
     parser.add_argument("--probe-size", type=int, default=16)
     parser.add_argument("--probe-split", choices=("train", "val", "test"), default="val")
@@ -240,12 +254,13 @@ def analyze_main(argv: Sequence[str]) -> int:
             raise FileNotFoundError(f"config {config} does not exist")
         model, datamodule, state = load_run(args.checkpoint, config)
         optimizer = _restored_optimizer(model, state) if args.metric == "adam" else None
+        metric = GaussNewton(solver=args.solver) if args.metric == "gauss_newton" else args.metric
         analysis = analyze(
             model,
             datamodule,
             group=args.group,
             elements=args.elements,
-            metric=args.metric,
+            metric=metric,
             normalization=args.normalization,
             probe_size=args.probe_size,
             probe_split=args.probe_split,
@@ -260,7 +275,7 @@ def analyze_main(argv: Sequence[str]) -> int:
         "checkpoint": str(args.checkpoint),
         "config": str(config),
         "group": analysis.result.group_name,
-        "metric": args.metric,
+        "metric": args.metric if args.metric != "gauss_newton" else f"gauss_newton/{args.solver}",
         "normalization": args.normalization,
         "probe_size": args.probe_size,
         "probe_split": args.probe_split,

@@ -55,6 +55,9 @@ def test_equivariance_keys_and_rank_correlation():
     assert summary["basin/G/influence_error_rank_corr"] == pytest.approx(-1.0)
     tied = hand_built().summary(equivariance=torch.ones(4, 3))
     assert "basin/G/influence_error_rank_corr" not in tied  # constant errors: undefined, omitted
+    round_off = torch.ones(4, 3) + torch.tensor([0.0, 3e-12, -2e-12, 1e-12])[:, None]
+    noisy = hand_built().summary(equivariance=round_off)
+    assert "basin/G/influence_error_rank_corr" not in noisy  # round-off differences are ties
     two = hand_built().reorder(["e", "a", "b"]).summary(equivariance=errors[:3])
     assert "basin/G/influence_error_rank_corr" not in two  # fewer than 3 elements g ≠ e
     assert "equivariance/G/b/median" in two

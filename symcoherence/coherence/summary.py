@@ -44,14 +44,22 @@ def _ranks(values: torch.Tensor) -> torch.Tensor:
     return below + (equal + 1) / 2
 
 
+def _significant(values: torch.Tensor, digits: int = 6) -> torch.Tensor:
+    """``values`` rounded to ``digits`` significant digits of their largest magnitude."""
+    scale = values.abs().max()
+    return values if scale == 0 else torch.round(values / scale * 10**digits)
+
+
 def spearman(x: torch.Tensor, y: torch.Tensor) -> float | None:
     """Spearman's rank correlation of two 1-D tensors; ``None`` when undefined.
 
-    Undefined means fewer than 3 values, a non-finite value, or a constant side.
+    Undefined means fewer than 3 values, a non-finite value, or a constant side. Values are
+    compared to 6 significant digits, so differences at round-off level are ties: an exactly
+    equivariant model (ρ = 1 and E = 1 up to round-off) has no correlation to report.
     """
     if x.numel() < 3 or not (torch.isfinite(x).all() and torch.isfinite(y).all()):
         return None
-    rx, ry = _ranks(x.double()), _ranks(y.double())
+    rx, ry = _ranks(_significant(x.double())), _ranks(_significant(y.double()))
     rx, ry = rx - rx.mean(), ry - ry.mean()
     scale = (rx.pow(2).sum() * ry.pow(2).sum()).sqrt()
     if scale == 0:

@@ -133,6 +133,7 @@ def load_run(checkpoint: Path, config: Path) -> tuple[Any, Any, dict[str, Any]]:
     if not isinstance(run_config, dict) or "model" not in run_config or "data" not in run_config:
         raise ValueError(f"{config} is not a run config: it needs 'model' and 'data' sections")
     arguments = {
+        "seed_everything": run_config.get("seed_everything", 0),
         "model": run_config["model"],
         "data": run_config["data"],
         "trainer": {"logger": False, "enable_checkpointing": False, "callbacks": []},

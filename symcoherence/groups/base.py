@@ -138,6 +138,32 @@ class Group(ABC):
         return f"{type(self).__name__}(name={self.name!r}, elements={list(self.elements)})"
 
 
+class TransformGroup(Group):
+    """A group whose elements are stored as transforms in ``table`` (name -> transform).
+
+    Transforms compose with ``@`` (``(a @ b)`` is ``a ∘ b``) and invert with ``.inverse()``;
+    subclasses map a transform back to its element name in :meth:`_lookup`, which raises
+    ``ValueError`` when the set is not closed.
+    """
+
+    table: dict[str, Any]
+
+    @abstractmethod
+    def _lookup(self, transform: Any, what: str) -> str:
+        """The name of ``transform``; ``what`` describes it for the not-closed error."""
+
+    def compose(self, a: str, b: str) -> str:
+        """Name of ``a ∘ b`` (apply ``b`` first, then ``a``)."""
+        self.check_element(a)
+        self.check_element(b)
+        return self._lookup(self.table[a] @ self.table[b], f"{a} ∘ {b}")
+
+    def inverse(self, a: str) -> str:
+        """Name of ``a⁻¹``."""
+        self.check_element(a)
+        return self._lookup(self.table[a].inverse(), f"the inverse of {a}")
+
+
 class Subgroup(Group):
     """A named subset of a parent group's elements (identity first), acting like the parent.
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from symcoherence.groups.base import Group
+from symcoherence.groups.base import TransformGroup
 from symcoherence.groups.field_types import FieldType
 
 Matrix = tuple[tuple[int, int], tuple[int, int]]
@@ -124,7 +124,7 @@ def _fourier_shift(field: torch.Tensor, shift: tuple[float, float]) -> torch.Ten
     return shifted.to(field.dtype)
 
 
-class LatticeGroup(Group):
+class LatticeGroup(TransformGroup):
     """A named, finite set of affine lattice maps acting on fields on a periodic grid.
 
     The concrete groups (:class:`C4`, :class:`D4`, :class:`Shifts`, :class:`FourierShifts`,
@@ -214,17 +214,6 @@ class LatticeGroup(Group):
             f"which is not one of its elements {list(self.elements)}"
             + ("" if self.period is not None else "; give period=<grid size> to wrap translations")
         )
-
-    def compose(self, a: str, b: str) -> str:
-        """Name of ``a ∘ b`` (apply ``b`` first, then ``a``)."""
-        self.check_element(a)
-        self.check_element(b)
-        return self._lookup(self.table[a] @ self.table[b], f"{a} ∘ {b}")
-
-    def inverse(self, a: str) -> str:
-        """Name of ``a⁻¹``."""
-        self.check_element(a)
-        return self._lookup(self.table[a].inverse(), f"the inverse of {a}")
 
     def is_exact(self, a: str) -> bool:
         """Rotations, reflections and integer translations are exact; sub-pixel shifts are not."""

@@ -57,7 +57,7 @@ from typing import Any
 
 import torch
 
-from symcoherence.groups.base import Group
+from symcoherence.groups.base import TransformGroup
 from symcoherence.groups.field_types import FieldType
 from symcoherence.groups.registry import register_group_type
 
@@ -91,7 +91,7 @@ def _element_name(element: SphereElement) -> str:
     return f"{prefix}z{element.shift}"
 
 
-class SphereGroup(Group):
+class SphereGroup(TransformGroup):
     """A named, finite set of grid-preserving sphere isometries acting on ``(..., C, nlat, nlon)``.
 
     :class:`ZonalShifts`, :class:`EquatorialReflection` and :class:`SphereProduct` are instances
@@ -171,17 +171,6 @@ class SphereGroup(Group):
                 f"{list(self.elements)}"
             )
         return name
-
-    def compose(self, a: str, b: str) -> str:
-        """Name of ``a ∘ b``: shifts add modulo ``nlon``, mirrors multiply."""
-        self.check_element(a)
-        self.check_element(b)
-        return self._lookup(self.table[a] @ self.table[b], f"{a} ∘ {b}")
-
-    def inverse(self, a: str) -> str:
-        """Name of ``a⁻¹`` (the opposite shift, the same mirror flag)."""
-        self.check_element(a)
-        return self._lookup(self.table[a].inverse(), f"the inverse of {a}")
 
     def is_exact(self, a: str) -> bool:
         """Always ``True``: integer rolls and the latitude flip are permutations with signs."""

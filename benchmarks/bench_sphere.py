@@ -25,7 +25,8 @@ import torch
 
 import symcoherence as sc
 from symcoherence.coherence import GaussNewton
-from symcoherence.data.shallow_water import SphericalShallowWater, SphericalShallowWaterDataModule
+from symcoherence.data.shallow_water import SphericalShallowWater
+from symcoherence.data.shallow_water_datamodule import SphericalShallowWaterDataModule
 from symcoherence.models import SFNO, EmulatorModule
 
 STEPS = 60

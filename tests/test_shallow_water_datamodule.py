@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from symcoherence.data.cache import cache_path
-from symcoherence.data.shallow_water import SphericalShallowWater, SphericalShallowWaterDataModule
+from symcoherence.data.shallow_water import SphericalShallowWater
+from symcoherence.data.shallow_water_datamodule import SphericalShallowWaterDataModule
 from symcoherence.groups import FieldType
 
 SMALL = {

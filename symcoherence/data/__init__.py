@@ -20,7 +20,7 @@ from symcoherence.data.hdf5_datamodule import HDF5TrajectoryDataModule
 from symcoherence.data.initial_conditions import INITIAL_CONDITIONS, initial_vorticity
 from symcoherence.data.navier_stokes import NavierStokes2D
 from symcoherence.data.navier_stokes_datamodule import NavierStokesDataModule
-from symcoherence.data.shallow_water import SphericalShallowWaterDataModule
+from symcoherence.data.shallow_water_datamodule import SphericalShallowWaterDataModule
 from symcoherence.data.trajectories import TrajectoryDataModule
 
 __all__ = [

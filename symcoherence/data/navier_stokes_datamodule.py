@@ -2,9 +2,10 @@ r"""``NavierStokesDataModule``: cached 2-D Navier–Stokes trajectories as one-s
 
 ``prepare_data`` generates the trajectories with :class:`~symcoherence.data.NavierStokes2D` (or
 finds them in the HDF5 cache, keyed by every parameter below), ``setup`` loads, splits and normalizes
-them (:class:`~symcoherence.data.trajectories.TrajectoryDataModule`). Trajectory ``i`` starts from
-:func:`~symcoherence.data.initial_conditions.initial_vorticity` with seed ``seed · 1_000_003 + i``,
-runs for ``burn_in``, then records ``num_frames`` frames ``frame_interval`` apart.
+them (:class:`~symcoherence.data.generated.GeneratedTrajectoryDataModule`). Trajectory ``i``
+starts from :func:`~symcoherence.data.initial_conditions.initial_vorticity` with seed
+``seed · 1_000_003 + i``, runs for ``burn_in``, then records ``num_frames`` frames
+``frame_interval`` apart.
 
 The defaults (64², 32 trajectories of 20 frames) generate in seconds on a CPU. A GPU preset with
 more resolution and data::
@@ -30,18 +31,17 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from symcoherence.data.cache import ensure_cache, load_trajectories
 from symcoherence.data.forcing import FORCINGS, make_forcing
+from symcoherence.data.generated import GeneratedTrajectoryDataModule
 from symcoherence.data.initial_conditions import INITIAL_CONDITIONS, initial_vorticity
 from symcoherence.data.navier_stokes import NavierStokes2D
-from symcoherence.data.trajectories import TrajectoryDataModule
 from symcoherence.groups import FieldType, Group, LatticeGroup
 
 _FIELDS = {"vorticity": FieldType(["pseudoscalar"]), "velocity": FieldType(["vector"])}
 _PEAK = 3.0  # assumed max(|u_x| + |u_y|) / velocity scale, for choosing and checking dt
 
 
-class NavierStokesDataModule(TrajectoryDataModule):
+class NavierStokesDataModule(GeneratedTrajectoryDataModule):
     """One-step pairs from cached Navier–Stokes trajectories (see the module docstring).
 
     Args:
@@ -80,6 +80,8 @@ class NavierStokesDataModule(TrajectoryDataModule):
         ValueError: for an unknown forcing, initial condition or fields, a step whose estimated CFL
             number exceeds 0.8, or an inconsistent size, before anything is computed.
     """
+
+    cache_prefix = "navier_stokes"
 
     def __init__(
         self,
@@ -147,19 +149,7 @@ class NavierStokesDataModule(TrajectoryDataModule):
         self.solver = NavierStokes2D(
             n, viscosity, forcing=None if forcing is None else self.forcing_field, drag=drag, dt=dt
         )
-        super().__init__(
-            _FIELDS[fields],
-            self.solver.symmetry_group,
-            history=history,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            split_seed=seed,
-            augment_group=augment_group,
-            normalize=normalize,
-        )
-        self.config = {
+        config = {
             "solver": "NavierStokes2D/RK3-CN",
             "n": n,
             "num_trajectories": num_trajectories,
@@ -179,9 +169,23 @@ class NavierStokesDataModule(TrajectoryDataModule):
             "seed": seed,
             "solver_dtype": solver_dtype,
         }
-        self.cache_dir, self.device, self.progress = cache_dir, device, progress
-        self.generation_batch = generation_batch
-        self.path = None
+        super().__init__(
+            _FIELDS[fields],
+            self.solver.symmetry_group,
+            config,
+            cache_dir=cache_dir,
+            generation_batch=generation_batch,
+            progress=progress,
+            history=history,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            split_seed=seed,
+            augment_group=augment_group,
+            normalize=normalize,
+        )
+        self.device = device
 
     def _laminar_speed(self, viscosity: float, drag: float, wavenumber: int) -> float:
         """Speed of the steady laminar response ``u ~ A / ((ν K² + α) K)`` to the forcing."""
@@ -200,6 +204,11 @@ class NavierStokesDataModule(TrajectoryDataModule):
     def declared_group(self) -> LatticeGroup:
         """Every rotation, reflection and integer shift that fixes the forcing."""
         return self.solver.declared_group
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """``(n, n)``."""
+        return self.config["n"], self.config["n"]
 
     @property
     def times(self) -> np.ndarray:
@@ -224,30 +233,3 @@ class NavierStokesDataModule(TrajectoryDataModule):
             omega = solver.rollout(omega0.to(self.device, dtype), self.times).transpose(0, 1)
             frames = solver.velocity(omega) if config["fields"] == "velocity" else omega[:, :, None]
         return frames.float().cpu()
-
-    def prepare_data(self) -> None:
-        """Generate the trajectories into the cache unless a valid file exists."""
-        config = self.config
-        self.path = ensure_cache(
-            self.cache_dir,
-            config,
-            self.generate,
-            times=self.times,
-            shape=(
-                config["num_trajectories"],
-                config["num_frames"],
-                self.out_channels,
-                config["n"],
-                config["n"],
-            ),
-            field_type=self.frame_type,
-            group=self.symmetry_group,
-            prefix="navier_stokes",
-            chunk_size=self.generation_batch,
-            progress=self.progress,
-        )
-
-    def load_trajectories(self) -> np.ndarray:
-        """Read the validated cache (generating it first when needed)."""
-        self.prepare_data()
-        return load_trajectories(self.path, self.config).trajectories

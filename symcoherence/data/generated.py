@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -45,7 +46,7 @@ from symcoherence.data.trajectories import TrajectoryDataModule
 from symcoherence.groups import FieldType, Group
 
 
-class GeneratedTrajectoryDataModule(TrajectoryDataModule):
+class GeneratedTrajectoryDataModule(TrajectoryDataModule, metaclass=ABCMeta):
     """One-step pairs from trajectories generated into the HDF5 cache (see the module docstring).
 
     Args:
@@ -79,9 +80,9 @@ class GeneratedTrajectoryDataModule(TrajectoryDataModule):
         self.generation_batch = generation_batch
         self.path: Path | None = None
 
+    @abstractmethod
     def generate(self, start: int, count: int) -> torch.Tensor:
-        """Trajectories ``start … start + count − 1`` as ``(count, T, C, H, W)`` (subclasses)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement generate(start, count)")
+        """Trajectories ``start … start + count − 1`` as ``(count, T, C, H, W)``."""
 
     def prepare_data(self) -> None:
         """Generate the trajectories into the cache unless a valid file exists."""

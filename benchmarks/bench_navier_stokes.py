@@ -31,18 +31,24 @@ def ceiling(spectrum, physical, n, steps):
         torch.fft.rfft2(physical)
 
 
-def timed(function, device, repeats):
-    function()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            function()
+def interleaved_best(functions, device, rounds):
+    """Best wall time of each function over ``rounds`` rounds that alternate between them, so
+    that a busy machine slows both sides of a ratio alike."""
+
+    def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
-        best = min(best, (time.perf_counter() - start) / repeats)
+
+    for function in functions:
+        function()
+    sync()
+    best = [float("inf")] * len(functions)
+    for _ in range(rounds):
+        for index, function in enumerate(functions):
+            start = time.perf_counter()
+            function()
+            sync()
+            best[index] = min(best[index], time.perf_counter() - start)
     return best
 
 
@@ -51,6 +57,7 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -71,8 +78,10 @@ def main():
             physical = stacked[..., 0, :, :].contiguous()
             run_solver = partial(solve, solver, omega_hat, operators, args.steps)
             run_ceiling = partial(ceiling, spectrum, physical, n, args.steps)
-            solver_time = timed(run_solver, device, 3) / args.steps
-            ceiling_time = timed(run_ceiling, device, 3) / args.steps
+            solver_time, ceiling_time = (
+                seconds / args.steps
+                for seconds in interleaved_best((run_solver, run_ceiling), device, args.rounds)
+            )
             points = batch * n * n
             print(
                 f"{n:>4}² {batch:>5} {points / solver_time:>20.3e} {points / ceiling_time:>20.3e} "

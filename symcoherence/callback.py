@@ -1,8 +1,10 @@
 """``OrbitCoherenceMonitor``: the Lightning callback that logs orbit influence while training runs.
 
-Glue only: scheduling, the probe set, state, logging and data-parallel work sharing. Every number
-comes from :mod:`symcoherence.coherence` (``orbit_influence``, ``equivariance_error``,
-``OrbitInfluence.summary``).
+Glue only. This module holds the firing schedule, state and resume; the probe set and the checks
+are in :mod:`symcoherence.callback_setup`, one firing's measurement and its data-parallel work
+sharing in :mod:`symcoherence.callback_measure`, and what a firing logs in
+:mod:`symcoherence.callback_logging`. Every number comes from :mod:`symcoherence.coherence`
+(``orbit_influence``, ``equivariance_error``, ``OrbitInfluence.summary``).
 
 When parameters are measured:
 
@@ -27,9 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,41 +36,24 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
-from symcoherence import callback_logging, distributed
+from symcoherence import callback_logging
 from symcoherence.callback_isolation import isolated
+from symcoherence.callback_measure import Part, compute, measure_collectively
 from symcoherence.callback_setup import (
-    SPLITS,
     LossFn,
     as_field_type,
+    check_arguments,
     check_configuration,
     draw_probe,
     find_loss,
     measured_model,
-    resolve_group,
-)
-from symcoherence.coherence import (
-    OrbitInfluence,
-    equivariance_error,
-    orbit_influence,
-    rollout_equivariance_error,
 )
 from symcoherence.coherence.metrics import Metric
-from symcoherence.coherence.summary import quantiles
-from symcoherence.groups import FieldType, Group
-
-log = logging.getLogger(__name__)
-
-_METRICS = ("identity", "adam", "gauss_newton")
-_NORMALIZATIONS = ("standard", "cosine", "none")
+from symcoherence.groups import FieldType, Group, resolve_group
 
 
 class MeasurementError(RuntimeError):
     """A firing failed on at least one rank and ``on_error="raise"`` was requested."""
-
-
-def _positive_int_or_none(value: Any, name: str) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
 
 
 class OrbitCoherenceMonitor(Callback):
@@ -91,13 +73,20 @@ class OrbitCoherenceMonitor(Callback):
 
     Under data-parallel training the group elements are split across ranks in contiguous shares;
     the parts are gathered and every rank computes the same summary (logged once, by rank 0).
+    Splitting needs a metric whose values do not depend on which elements a rank computes
+    (``Metric.element_separable``). For a metric that is not element-separable, such as
+    ``GaussNewton(solver="subspace")`` (its Galerkin basis is built from the bra gradients of all
+    elements), the elements are not split: every rank measures all of them on the same
+    parameters and probe set and holds the same result, so the values equal a single-process
+    measurement, at the cost of one rank's full measurement time on every rank.
     A failure or a non-finite value on any rank makes every rank skip the firing with a warning
     (``on_error="warn"``) or raise :class:`MeasurementError` (``on_error="raise"``); the ranks
     agree through a collective that each of them enters, so none waits forever.
 
     Args:
-        group: a :class:`~symcoherence.groups.Group`, a name (``"D4"``, ``"C4"``) or a group spec;
-            default: the datamodule's ``symmetry_group``.
+        group: a :class:`~symcoherence.groups.Group`, a name (``"D4"``, ``"C4"``), a group spec
+            or its JSON (see :func:`symcoherence.groups.resolve_group`); ``None`` or
+            ``"default"``: the datamodule's ``symmetry_group``.
         elements: element names to measure (default: all); the identity is always included.
         metric: ``"identity"``, ``"adam"`` (the training optimizer's second moments),
             ``"gauss_newton"`` or a :class:`~symcoherence.coherence.Metric`.
@@ -147,59 +136,21 @@ class OrbitCoherenceMonitor(Callback):
         target_field_type: FieldType | Sequence[str] | None = None,
         eval_mode: bool = True,
     ):
-        if not (isinstance(metric, Metric) or metric in _METRICS):
-            raise ValueError(
-                f"metric must be one of {list(_METRICS)} or a symcoherence.coherence.Metric, got {metric!r}"
-            )
-        if normalization not in _NORMALIZATIONS:
-            raise ValueError(
-                f"normalization must be one of {list(_NORMALIZATIONS)}, got {normalization!r}"
-            )
-        _positive_int_or_none(every_n_train_steps, "every_n_train_steps")
-        _positive_int_or_none(every_n_epochs, "every_n_epochs")
-        if every_n_train_steps is None and every_n_epochs is None:
-            raise ValueError(
-                "the monitor would never measure: set every_n_train_steps=<n> and/or "
-                "every_n_epochs=<n> (or remove the callback)"
-            )
-        if isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 2:
-            raise ValueError(
-                f"probe_size must be an integer >= 2 (the normalization and the off-diagonal "
-                f"baseline need several probes; 48 is the default), got {probe_size!r}"
-            )
-        if probe_split not in SPLITS:
-            raise ValueError(f"probe_split must be one of {list(SPLITS)}, got {probe_split!r}")
-        if isinstance(probe_seed, bool) or not isinstance(probe_seed, int):
-            raise TypeError(f"probe_seed must be an int, got {probe_seed!r}")
-        if (
-            isinstance(rollout_steps, bool)
-            or not isinstance(rollout_steps, int)
-            or rollout_steps < 0
-        ):
-            raise ValueError(
-                f"rollout_steps must be an integer >= 0 (0 disables), got {rollout_steps!r}"
-            )
-        if not (
-            chunk_size in ("auto", None)
-            or (isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size > 0)
-        ):
-            raise ValueError(
-                f"chunk_size must be 'auto', None or a positive integer, got {chunk_size!r}"
-            )
-        if on_error not in ("warn", "raise"):
-            raise ValueError(f"on_error must be 'warn' or 'raise', got {on_error!r}")
-        if not isinstance(prefix, str):
-            raise TypeError(
-                f"prefix must be a string such as '' or 'probe/', got {type(prefix).__name__}"
-            )
-        if loss_fn is not None and not callable(loss_fn):
-            raise TypeError(
-                f"loss_fn must be callable as loss_fn(pred, target) -> scalar, got {type(loss_fn).__name__}"
-            )
-        if elements is not None and (isinstance(elements, str) or not elements):
-            raise ValueError(
-                f"elements must be a non-empty list of element names such as ['e', 'r'], got {elements!r}"
-            )
+        check_arguments(
+            elements=elements,
+            metric=metric,
+            normalization=normalization,
+            every_n_train_steps=every_n_train_steps,
+            every_n_epochs=every_n_epochs,
+            probe_size=probe_size,
+            probe_split=probe_split,
+            probe_seed=probe_seed,
+            rollout_steps=rollout_steps,
+            chunk_size=chunk_size,
+            on_error=on_error,
+            prefix=prefix,
+            loss_fn=loss_fn,
+        )
         self.group = resolve_group(group)
         self.elements = None if elements is None else tuple(elements)
         if self.group is not None:
@@ -221,7 +172,6 @@ class OrbitCoherenceMonitor(Callback):
         self.field_type = as_field_type(field_type, "field_type")
         self.target_field_type = as_field_type(target_field_type, "target_field_type")
         self.eval_mode = bool(eval_mode)
-        self._requested_group = group
         self._probe: tuple[torch.Tensor, torch.Tensor] | None = None
         self._probe_identity: dict[str, Any] | None = None
         self._restored_identity: dict[str, Any] | None = None
@@ -398,80 +348,33 @@ class OrbitCoherenceMonitor(Callback):
         """
         self._last_step = trainer.global_step
         self._prepare(trainer, pl_module)
-        rank, world_size = distributed.rank_and_world_size()
-        local = distributed.split_evenly(self.measured_elements, rank, world_size)
-        part: dict[str, Any] | None = None
-        error: BaseException | None = None
-        try:
-            with isolated(pl_module, trainer.optimizers, self.eval_mode):
-                part = self._compute(trainer, pl_module, local)
-        except Exception as err:  # every failure must reach the agreement below
-            error = err
-        message = None if error is None else f"{type(error).__name__}: {error}"
-        if message is None and part is not None:
-            bad = [
-                key
-                for key, value in part.items()
-                if torch.is_tensor(value) and not bool(torch.isfinite(value).all())
-            ]
-            if part["influence"] is not None and not bool(
-                torch.isfinite(part["influence"].matrix).all()
-            ):
-                bad.append("influence matrix")
-            if bad:
-                message = f"non-finite values (NaN or Inf) in {bad}, from gradients or losses on the probe set"
-        if not distributed.all_ranks_agree(message is None, device=pl_module.device):
-            messages = distributed.all_gather_objects(message)
-            self._skip(trainer, messages, error)
-            return None
-        parts = distributed.all_gather_objects(part)
-        return self._log(trainer, pl_module, parts)
-
-    def _compute(
-        self, trainer: Trainer, pl_module: LightningModule, local: list[str]
-    ) -> dict[str, Any]:
         assert self._probe is not None and self.group is not None
-        if not local:
-            return {"influence": None, "equivariance": None, "rollout": None}
-        inputs, targets = self._probe
-        model, loss_fn = measured_model(pl_module), find_loss(pl_module, self.loss_fn)
-        types = {"field_type": self.field_type, "target_field_type": self.target_field_type}
+
+        def work(elements: list[str], metric: Metric) -> Part:
+            with isolated(pl_module, trainer.optimizers, self.eval_mode):
+                return compute(
+                    measured_model(pl_module),
+                    find_loss(pl_module, self.loss_fn),
+                    self._probe,
+                    self.group,
+                    elements,
+                    metric,
+                    field_type=self.field_type,
+                    target_field_type=self.target_field_type,
+                    normalization=self.normalization,
+                    chunk_size=self.chunk_size,
+                    equivariance=self.equivariance,
+                    rollout_steps=self.rollout_steps,
+                )
+
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
-        if self.metric == "adam" and optimizer is None:
-            raise ValueError("metric='adam' reads the training optimizer, but the trainer has none")
-        influence = orbit_influence(
-            model,
-            loss_fn,
-            inputs,
-            targets,
-            self.group,
-            elements=local,
-            metric=self.metric,
-            normalization=self.normalization,
-            chunk_size=self.chunk_size,
-            optimizer=optimizer,
-            **types,
+        outcome = measure_collectively(
+            work, self.measured_elements, self.metric, optimizer, pl_module.device
         )
-        out: dict[str, Any] = {
-            "influence": _to_cpu(influence),
-            "equivariance": None,
-            "rollout": None,
-        }
-        if self.equivariance:
-            out["equivariance"] = equivariance_error(
-                model, loss_fn, inputs, targets, self.group, elements=local, **types
-            ).cpu()
-        if self.rollout_steps:
-            out["rollout"] = rollout_equivariance_error(
-                model,
-                loss_fn,
-                inputs,
-                self.group,
-                self.field_type,
-                steps=self.rollout_steps,
-                elements=local,
-            ).cpu()
-        return out
+        if outcome.result is None:
+            self._skip(trainer, outcome.messages, outcome.error)
+            return None
+        return self._log(trainer, pl_module, outcome.result)
 
     def _skip(
         self, trainer: Trainer, messages: list[str | None], error: BaseException | None
@@ -487,73 +390,34 @@ class OrbitCoherenceMonitor(Callback):
             f"{text}. Nothing was logged for this step; training goes on (on_error='raise' stops instead)"
         )
 
-    def _log(
-        self, trainer: Trainer, pl_module: LightningModule, parts: list[dict[str, Any]]
-    ) -> dict[str, float]:
-        assert self.group is not None
-        present = [p for p in parts if p["influence"] is not None]
-        influence = OrbitInfluence.concatenate([p["influence"] for p in present])
-        equivariance = (
-            torch.cat([p["equivariance"] for p in present]) if self.equivariance else None
+    def _log(self, trainer: Trainer, pl_module: LightningModule, result: Part) -> dict[str, float]:
+        assert self.group is not None and result.influence is not None
+        scalars = callback_logging.firing_scalars(
+            result, self.prefix, self.group.name, self.rollout_steps
         )
-        scalars = influence.summary(prefix=self.prefix, equivariance=equivariance)
-        if self.rollout_steps:
-            scalars.update(
-                self._rollout_scalars(
-                    influence.elements, torch.cat([p["rollout"] for p in present])
-                )
-            )
-        dropped = [key for key, value in scalars.items() if not math.isfinite(value)]
-        if dropped:
-            log.info("not logging undefined (non-finite) statistics %s", dropped)
-        scalars = {key: value for key, value in scalars.items() if math.isfinite(value)}
-        step = trainer.global_step
         for key, value in scalars.items():
             pl_module.log(key, value, logger=False, sync_dist=False, batch_size=1)
         compatibility = f"{self.prefix}basin/{self.group.name}/compatibility"
         if compatibility in scalars:
             self._final = {compatibility: scalars[compatibility]}
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics(scalars, step=step)
-            writer = callback_logging.find_tensorboard_writer(trainer.loggers)
-            if writer is not None:
-                if not self._layout_written:
-                    callback_logging.write_layout(
-                        writer, self.prefix, self.group.name, influence.elements
-                    )
-                    self._layout_written = True
-                callback_logging.log_firing(
-                    writer,
-                    self.prefix,
-                    self.group.name,
-                    influence.elements,
-                    influence.influence,
-                    equivariance,
-                    step,
-                    self.log_figures,
-                )
+        if not trainer.is_global_zero:
+            return scalars
+        step, elements = trainer.global_step, result.influence.elements
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=step)
+        writer = callback_logging.find_tensorboard_writer(trainer.loggers)
+        if writer is not None:
+            if not self._layout_written:
+                callback_logging.write_layout(writer, self.prefix, self.group.name, elements)
+                self._layout_written = True
+            callback_logging.log_firing(
+                writer,
+                self.prefix,
+                self.group.name,
+                elements,
+                result.influence.influence,
+                result.equivariance,
+                step,
+                self.log_figures,
+            )
         return scalars
-
-    def _rollout_scalars(self, elements: Sequence[str], errors: torch.Tensor) -> dict[str, float]:
-        stats = quantiles(errors, [0.5, 0.75])
-        base = f"{self.prefix}equivariance/{self.group.name}/rollout{self.rollout_steps}"
-        out = {}
-        for k, element in enumerate(elements):
-            out[f"{base}/{element}/median"] = float(stats[0, k])
-            out[f"{base}/{element}/q3"] = float(stats[1, k])
-        return out
-
-
-def _to_cpu(result: OrbitInfluence) -> OrbitInfluence:
-    """The same result with its tensors on the CPU (picklable by every process-group backend)."""
-    by_module = (
-        None if result.by_module is None else {k: v.cpu() for k, v in result.by_module.items()}
-    )
-    return dataclasses.replace(
-        result,
-        matrix=result.matrix.cpu(),
-        bra_self=result.bra_self.cpu(),
-        ket_self=result.ket_self.cpu(),
-        by_module=by_module,
-    )

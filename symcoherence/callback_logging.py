@@ -1,7 +1,7 @@
-r"""TensorBoard extras of :class:`~symcoherence.callback.OrbitCoherenceMonitor`.
+r"""What :class:`~symcoherence.callback.OrbitCoherenceMonitor` logs for one firing.
 
-Scalars reach every logger through Lightning; this module adds what only TensorBoard shows: a
-figure per firing (influence per element beside the forward equivariance error per element), the
+The scalars of a firing (:func:`firing_scalars`) reach every logger through Lightning; this module
+also writes what only TensorBoard shows: a figure per firing (influence per element beside the forward equivariance error per element), the
 ``(K, N)`` influence heatmap, histograms of ``I_n(g)``, one custom-scalars layout (a chart per group
 with a line per element) and the final basin compatibility as an hparams metric. Matplotlib is
 imported lazily with the non-interactive Agg backend.
@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -26,9 +27,34 @@ from typing import Any
 
 import torch
 
+from symcoherence.callback_measure import Part
 from symcoherence.coherence.summary import quantiles
 
+log = logging.getLogger(__name__)
+
 _LAYOUT_ATTRIBUTE = "_symcoherence_custom_scalars"
+
+
+def firing_scalars(result: Part, prefix: str, group: str, rollout_steps: int) -> dict[str, float]:
+    """The finite scalars of one firing, under DESIGN §3.3 keys.
+
+    The summary of :meth:`~symcoherence.coherence.OrbitInfluence.summary` (with the forward
+    equivariance errors when measured), plus median and q3 of the rollout equivariance error per
+    element as ``{prefix}equivariance/{group}/rollout{steps}/{element}/median`` (and ``/q3``).
+    Undefined (non-finite) statistics are left out.
+    """
+    assert result.influence is not None
+    scalars = result.influence.summary(prefix=prefix, equivariance=result.equivariance)
+    if result.rollout is not None:
+        stats = quantiles(result.rollout, [0.5, 0.75])
+        base = f"{prefix}equivariance/{group}/rollout{rollout_steps}"
+        for k, element in enumerate(result.influence.elements):
+            scalars[f"{base}/{element}/median"] = float(stats[0, k])
+            scalars[f"{base}/{element}/q3"] = float(stats[1, k])
+    dropped = [key for key, value in scalars.items() if not math.isfinite(value)]
+    if dropped:
+        log.info("not logging undefined (non-finite) statistics %s", dropped)
+    return {key: value for key, value in scalars.items() if math.isfinite(value)}
 
 
 def find_tensorboard_writer(loggers: Sequence[Any]) -> Any | None:

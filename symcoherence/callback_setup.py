@@ -1,14 +1,12 @@
 """Probe set and configuration checks of :class:`~symcoherence.callback.OrbitCoherenceMonitor`.
 
-Resolves the group and field types, finds the model and loss to differentiate, draws the fixed,
-seeded probe set (from the datamodule's ``probe_batch`` or its dataloaders' datasets) and checks
+Checks the constructor's arguments, converts field types, finds the model and loss to
+differentiate, draws the fixed, seeded probe set (from the datamodule's ``probe_batch`` or its dataloaders' datasets) and checks
 field types, group, model modes and model output against the data before the first measurement.
 
 Example:
     >>> import torch
-    >>> from symcoherence.callback_setup import probe_fingerprint, resolve_group
-    >>> resolve_group("D4").name
-    'D4'
+    >>> from symcoherence.callback_setup import probe_fingerprint
     >>> x = torch.zeros(2, 1, 4, 4)
     >>> probe_fingerprint(x, x) == probe_fingerprint(x.clone(), x.clone())
     True
@@ -25,51 +23,92 @@ import torch
 from torch import nn
 
 from symcoherence.coherence import smse
+from symcoherence.coherence.metrics import Metric
 from symcoherence.coherence.per_sample import check_modes
-from symcoherence.groups import FieldType, Group, from_spec
+from symcoherence.groups import FieldType, Group
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SPLITS = ("train", "val", "test")
+METRICS = ("identity", "adam", "gauss_newton")
+NORMALIZATIONS = ("standard", "cosine", "none")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def resolve_group(group: Group | str | dict | None) -> Group | None:
-    """A :class:`~symcoherence.groups.Group` from itself, a class name (``"D4"``) or a spec dict.
+def _positive_int_or_none(value: Any, name: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
 
-    Example:
-        >>> resolve_group("C4").elements
-        ('e', 'r', 'r2', 'r3')
+
+def check_arguments(
+    *,
+    elements: Sequence[str] | None,
+    metric: str | Metric,
+    normalization: str,
+    every_n_train_steps: int | None,
+    every_n_epochs: int | None,
+    probe_size: int,
+    probe_split: str,
+    probe_seed: int,
+    rollout_steps: int,
+    chunk_size: int | str | None,
+    on_error: str,
+    prefix: str,
+    loss_fn: LossFn | None,
+) -> None:
+    """Raise a ``ValueError`` or ``TypeError`` naming the fix for an invalid monitor argument.
+
+    The arguments are those of :class:`~symcoherence.callback.OrbitCoherenceMonitor`; the group
+    and field types are checked where they are resolved.
     """
-    if group is None or isinstance(group, Group):
-        return group
-    if isinstance(group, dict):
-        return from_spec(group)
-    if not isinstance(group, str):
+    if not (isinstance(metric, Metric) or metric in METRICS):
+        raise ValueError(
+            f"metric must be one of {list(METRICS)} or a symcoherence.coherence.Metric, got {metric!r}"
+        )
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"normalization must be one of {list(NORMALIZATIONS)}, got {normalization!r}"
+        )
+    _positive_int_or_none(every_n_train_steps, "every_n_train_steps")
+    _positive_int_or_none(every_n_epochs, "every_n_epochs")
+    if every_n_train_steps is None and every_n_epochs is None:
+        raise ValueError(
+            "the monitor would never measure: set every_n_train_steps=<n> and/or "
+            "every_n_epochs=<n> (or remove the callback)"
+        )
+    if isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 2:
+        raise ValueError(
+            f"probe_size must be an integer >= 2 (the normalization and the off-diagonal "
+            f"baseline need several probes; 48 is the default), got {probe_size!r}"
+        )
+    if probe_split not in SPLITS:
+        raise ValueError(f"probe_split must be one of {list(SPLITS)}, got {probe_split!r}")
+    if isinstance(probe_seed, bool) or not isinstance(probe_seed, int):
+        raise TypeError(f"probe_seed must be an int, got {probe_seed!r}")
+    if isinstance(rollout_steps, bool) or not isinstance(rollout_steps, int) or rollout_steps < 0:
+        raise ValueError(
+            f"rollout_steps must be an integer >= 0 (0 disables), got {rollout_steps!r}"
+        )
+    if not (
+        chunk_size in ("auto", None)
+        or (isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size > 0)
+    ):
+        raise ValueError(
+            f"chunk_size must be 'auto', None or a positive integer, got {chunk_size!r}"
+        )
+    if on_error not in ("warn", "raise"):
+        raise ValueError(f"on_error must be 'warn' or 'raise', got {on_error!r}")
+    if not isinstance(prefix, str):
         raise TypeError(
-            f"group must be a Group (e.g. symcoherence.groups.D4()), a name such as 'D4' or a "
-            f"group spec dict; got {type(group).__name__}"
+            f"prefix must be a string such as '' or 'probe/', got {type(prefix).__name__}"
         )
-    import symcoherence.groups as groups
-
-    names = sorted(
-        n
-        for n in groups.__all__
-        if isinstance(getattr(groups, n), type) and issubclass(getattr(groups, n), Group)
-    )
-    factory = getattr(groups, group, None)
-    if group not in names:
-        raise ValueError(
-            f"unknown group name {group!r}; names resolved here are {names} (no-argument "
-            "constructors such as 'D4', 'C4'); for other groups pass the object, e.g. "
-            "group=symcoherence.groups.Shifts(box=1, period=64)"
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(
+            f"loss_fn must be callable as loss_fn(pred, target) -> scalar, got {type(loss_fn).__name__}"
         )
-    try:
-        return factory()
-    except (TypeError, ValueError) as err:
+    if elements is not None and (isinstance(elements, str) or not elements):
         raise ValueError(
-            f"group {group!r} needs constructor arguments ({err}); pass the object instead, e.g. "
-            "group=symcoherence.groups.Shifts(box=1, period=64)"
-        ) from None
+            f"elements must be a non-empty list of element names such as ['e', 'r'], got {elements!r}"
+        )
 
 
 def as_field_type(value: FieldType | Sequence[str] | None, name: str) -> FieldType | None:

@@ -36,9 +36,12 @@ SCRIPT = textwrap.dedent(
         return sc.smse(prediction, target)
 
     on_error = "raise" if mode == "raise_strict" else "warn"
-    monitor = sc.OrbitCoherenceMonitor(every_n_train_steps=2, probe_size=6, loss_fn=loss_fn, on_error=on_error)
+    monitors = [sc.OrbitCoherenceMonitor(every_n_train_steps=2, probe_size=6, loss_fn=loss_fn, on_error=on_error)]
+    if mode == "ok":  # a metric that is not element-separable: every rank measures all elements
+        subspace = sc.coherence.GaussNewton(solver="subspace")
+        monitors.append(sc.OrbitCoherenceMonitor(every_n_train_steps=2, probe_size=6, metric=subspace, prefix="subspace/"))
     logger = RecordingLogger()
-    fit = trainer([monitor], logger=logger, max_epochs=2, devices=2, strategy="ddp")
+    fit = trainer(monitors, logger=logger, max_epochs=2, devices=2, strategy="ddp")
     module = TinyModule()
     result = {"warnings": [], "error": None}
     with warnings.catch_warnings(record=True) as caught:
@@ -83,25 +86,65 @@ def _launch(mode: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, dic
     return done, results
 
 
-def test_ddp_values_equal_a_single_process_measurement_and_are_logged_once(tmp_path):
+@pytest.fixture(scope="module")
+def ok_run(tmp_path_factory) -> tuple[dict[int, dict], torch.nn.Module]:
+    """One DDP run, two monitors: the default metric and subspace Gauss–Newton (prefix ``subspace/``)."""
+    tmp_path = tmp_path_factory.mktemp("ddp_ok")
     done, results = _launch("ok", tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert set(results) == {0, 1} and results[1]["records"] == []  # only rank 0 writes to loggers
-    logged = [(step, m) for step, m in results[0]["records"] if "coherence/D4/orbit" in m]
-    assert [step for step, _ in logged] == [2, 4]  # 2 steps per epoch per rank, once each
-
     module = TinyModule()
     module.load_state_dict(torch.load(tmp_path / "model.pt"))
+    return results, module.backbone.eval()
+
+
+def _single_process(model, metric="identity", elements=None):
     inputs, targets = TinyData().probe_batch(6)
-    kinds = sc.FieldType(["scalar"])
-    model = module.backbone.eval()
-    influence = sc.orbit_influence(model, sc.smse, inputs, targets, sc.groups.D4(), kinds)
-    errors = sc.equivariance_error(model, sc.smse, inputs, targets, sc.groups.D4(), kinds)
+    kinds, group = sc.FieldType(["scalar"]), sc.groups.D4()
+    influence = sc.orbit_influence(
+        model, sc.smse, inputs, targets, group, kinds, elements=elements, metric=metric
+    )
+    errors = sc.equivariance_error(model, sc.smse, inputs, targets, group, kinds, elements=elements)
+    return influence, errors
+
+
+def _logged(results, key):
+    return [(step, m) for step, m in results[0]["records"] if key in m]
+
+
+def test_ddp_values_equal_a_single_process_measurement_and_are_logged_once(ok_run):
+    results, model = ok_run
+    assert set(results) == {0, 1} and results[1]["records"] == []  # only rank 0 writes to loggers
+    logged = _logged(results, "coherence/D4/orbit")
+    assert [step for step, _ in logged] == [2, 4]  # 2 steps per epoch per rank, once each
+
+    influence, errors = _single_process(model)
     expected = influence.summary(equivariance=errors)
     final = logged[-1][1]
     assert set(expected) <= set(final)
     for key, value in expected.items():
         assert final[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
+
+
+def test_ddp_with_a_non_separable_metric_equals_a_single_process_measurement(ok_run):
+    results, model = ok_run
+    logged = _logged(results, "subspace/coherence/D4/orbit")
+    assert [step for step, _ in logged] == [2, 4]
+    metric = sc.coherence.GaussNewton(solver="subspace")
+    influence, errors = _single_process(model, metric)
+    expected = influence.summary(prefix="subspace/", equivariance=errors)
+    final = logged[-1][1]
+    assert set(expected) <= set(final)
+    for key, value in expected.items():
+        assert final[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
+
+    # splitting the elements across the two ranks would have given other values
+    halves = [
+        _single_process(model, metric, half)[0]
+        for half in (influence.elements[:4], influence.elements[4:])
+    ]
+    split = sc.OrbitInfluence.concatenate(halves).summary(prefix="subspace/")
+    key = "subspace/coherence/D4/orbit"
+    assert split[key] != pytest.approx(expected[key], rel=1e-3, abs=1e-3)
 
 
 def test_a_failure_on_one_rank_makes_every_rank_skip_without_a_hang(tmp_path):

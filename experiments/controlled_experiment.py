@@ -30,8 +30,8 @@ VARIANTS = (
     "isotropic",
     "anisotropic",
     "anisotropic_augmented",
-    "anisotropic_group_averaged",
     "kolmogorov",
+    "anisotropic_group_averaged",
 )
 # Gauss–Newton with the subspace solver: exact within the span of the probe gradients. Matrix-free
 # conjugate gradients at the default damping λ = 1e-4 needs hundreds of iterations on these models

@@ -98,13 +98,16 @@ def main() -> None:
     parser.add_argument("--save-dir", type=Path, default=ROOT / "runs")
     args = parser.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
+    command = "" if args.max_steps is None else f" --max-steps {args.max_steps}"
+    steps = args.max_steps or "the configured number of"
 
     lines = [
         "# Controlled experiment: results",
         "",
-        "Produced by `python experiments/controlled_experiment.py` (configs in "
+        f"Produced by `python experiments/controlled_experiment.py{command}` (configs in "
         "`configs/experiment/`): 32² decaying-turbulence vorticity, a small circular U-Net, "
-        "AdamW; 16 probe pairs from distinct validation trajectories; `standard` normalization. "
+        f"AdamW for {steps} steps; 16 probe pairs from distinct validation trajectories; "
+        "`standard` normalization. "
         "ρ(g) is the coherence ratio (1 for an exactly equivariant model), E(g) the forward "
         "equivariance error loss(f(g·x), g·y) / loss(f(x), y) (1 = no worse than on the original).",
         "",

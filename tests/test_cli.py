@@ -21,7 +21,7 @@ def _tiny_overrides(tmp_path: Path) -> list[str]:
         "--config",
         str(QUICKSTART),
         "--data.init_args.n=16",
-        "--data.init_args.num_trajectories=48",
+        "--data.init_args.num_trajectories=64",
         "--data.init_args.num_frames=4",
         "--data.init_args.burn_in=0.0",
         "--data.init_args.progress=false",
@@ -38,7 +38,7 @@ def _tiny_overrides(tmp_path: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def quickstart_run(tmp_path_factory):
-    """One tiny quickstart run shared by the tests below (12 validation trajectories)."""
+    """One tiny quickstart run shared by the tests below (16 validation trajectories)."""
     tmp_path = tmp_path_factory.mktemp("quickstart")
     torch.manual_seed(0)
     status = main(["fit", *_tiny_overrides(tmp_path)])

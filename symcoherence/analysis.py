@@ -243,8 +243,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def analyze_main(argv: Sequence[str]) -> int:
-    """``symcoherence analyze``: print the table, write ``analysis.png`` and ``analysis.json``."""
+def analyze_main(argv: Sequence[str]) -> str:
+    """``symcoherence analyze``: write ``analysis.png`` and ``analysis.json``; return the report.
+
+    Exits through ``argparse`` (status 2, message on stderr) for bad arguments, a missing or
+    incompatible checkpoint or config, or a group that does not fit the data.
+    """
     parser = _parser()
     args = parser.parse_args(list(argv))
     if not args.checkpoint.is_file():
@@ -284,9 +288,7 @@ def analyze_main(argv: Sequence[str]) -> int:
     }
     (output / "analysis.json").write_text(json.dumps(analysis.to_json(settings), indent=2))
     _write_figure(analysis, output / "analysis.png")
-    print(analysis.table())
-    print(f"\nwrote {output / 'analysis.json'} and {output / 'analysis.png'}")
-    return 0
+    return f"{analysis.table()}\n\nwrote {output / 'analysis.json'} and {output / 'analysis.png'}"
 
 
 def _write_figure(analysis: Analysis, path: Path) -> None:

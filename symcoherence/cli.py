@@ -159,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "analyze":
         from symcoherence.analysis import analyze_main
 
-        return analyze_main(rest)
+        print(analyze_main(rest))
+        return 0
     print(USAGE, file=sys.stderr)
     print(f"symcoherence: error: unknown command {command!r}", file=sys.stderr)
     return 2

@@ -21,28 +21,24 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from test_callback_helpers import TinyData, TinyModule, trainer  # noqa: E402
-from torch import nn  # noqa: E402
+from timing import TimedMonitor  # noqa: E402
 
 import symcoherence as sc  # noqa: E402
 from symcoherence.coherence import GaussNewton  # noqa: E402
+from symcoherence.models import UNet2d  # noqa: E402
 
-GRID, CHANNELS, EPOCHS, REPEATS = 16, 16, 3, 3
+# The quickstart's scale: the small U-Net preset (0.28M parameters) on 32² fields, batch 16,
+# epochs of 200 optimizer steps.
+GRID, BATCH, STEPS_PER_EPOCH, EPOCHS, REPEATS = 32, 16, 200, 2, 2
 
 
 def module() -> TinyModule:
     torch.manual_seed(0)
-    backbone = nn.Sequential(
-        nn.Conv2d(1, CHANNELS, 3, padding=1, padding_mode="circular"),
-        nn.GELU(),
-        nn.Conv2d(CHANNELS, CHANNELS, 3, padding=1, padding_mode="circular"),
-        nn.GELU(),
-        nn.Conv2d(CHANNELS, 1, 3, padding=1, padding_mode="circular"),
-    )
-    return TinyModule(backbone, lr=1e-3)
+    return TinyModule(UNet2d(1, 1, preset="small"), lr=1e-3)
 
 
 def data() -> TinyData:
-    return TinyData(n_train=512, n_val=64, batch_size=8, grid=GRID)
+    return TinyData(n_train=BATCH * STEPS_PER_EPOCH, n_val=64, batch_size=BATCH, grid=GRID)
 
 
 def run(callbacks) -> float:
@@ -52,31 +48,17 @@ def run(callbacks) -> float:
     return time.perf_counter() - start
 
 
-class TimedMonitor(sc.OrbitCoherenceMonitor):
-    """Records the wall time of every firing (probe drawing happens before, at train start)."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.seconds: list[float] = []
-
-    def measure(self, trainer, pl_module):
-        start = time.perf_counter()
-        result = super().measure(trainer, pl_module)
-        self.seconds.append(time.perf_counter() - start)
-        return result
-
-
 def firing_time(metric) -> float:
     """Median wall time of one firing (48 probes, D4, equivariance errors included)."""
-    monitor = TimedMonitor(metric=metric, every_n_epochs=None, every_n_train_steps=16)
-    trainer([monitor], max_epochs=1, limit_val_batches=0, limit_train_batches=64).fit(
+    monitor = TimedMonitor(metric=metric, every_n_epochs=None, every_n_train_steps=8)
+    trainer([monitor], max_epochs=1, limit_val_batches=0, limit_train_batches=24).fit(
         module(), datamodule=data()
     )
     return statistics.median(monitor.seconds)
 
 
 def main() -> None:
-    steps = EPOCHS * 512 // 8
+    steps = EPOCHS * STEPS_PER_EPOCH
     run([])  # warm-up: imports, thread pools and allocator caches are not the monitor's cost
     without = min(run([]) for _ in range(REPEATS))
     default = min(run([sc.OrbitCoherenceMonitor()]) for _ in range(REPEATS))

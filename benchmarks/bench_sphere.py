@@ -22,8 +22,8 @@ import time
 
 import lightning as L
 import torch
+from timing import TimedMonitor
 
-import symcoherence as sc
 from symcoherence.coherence import GaussNewton
 from symcoherence.data.shallow_water import SphericalShallowWater
 from symcoherence.data.shallow_water_datamodule import SphericalShallowWaterDataModule
@@ -40,20 +40,6 @@ def steps_per_second(nlat: int, nlon: int, dt: float, threads: int | None) -> fl
     start = time.perf_counter()
     solver.step(state, STEPS)
     return STEPS / (time.perf_counter() - start)
-
-
-class TimedMonitor(sc.OrbitCoherenceMonitor):
-    """Records the wall time of every firing."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.seconds: list[float] = []
-
-    def measure(self, trainer, pl_module):
-        start = time.perf_counter()
-        result = super().measure(trainer, pl_module)
-        self.seconds.append(time.perf_counter() - start)
-        return result
 
 
 class StepTimer(L.Callback):

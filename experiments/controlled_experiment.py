@@ -78,7 +78,7 @@ def variant_table(variant: str, analyses: dict[str, Analysis], seconds: float) -
         )
     lines.append("")
     for metric, analysis in analyses.items():
-        summary = analysis.result.summary(equivariance=analysis.equivariance)
+        summary = analysis.summary
         correlation = summary.get(f"basin/{group}/influence_error_rank_corr")
         lines.append(
             f"- {metric}: basin compatibility {summary[f'basin/{group}/compatibility']:.3f}, "
@@ -129,8 +129,7 @@ def main() -> None:
         seconds += time.perf_counter() - start
         details += variant_table(variant, analyses, seconds)
         compatibility = [
-            a.result.summary()[f"basin/{a.result.group_name}/compatibility"]
-            for a in analyses.values()
+            a.summary[f"basin/{a.result.group_name}/compatibility"] for a in analyses.values()
         ]
         summary_rows.append(f"| {variant} | {compatibility[0]:.3f} | {compatibility[1]:.3f} |")
         args.output.write_text("\n".join([*lines, *summary_rows, "", *details]))

@@ -21,6 +21,7 @@ import argparse
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,6 @@ from symcoherence.coherence import (
     equivariance_error,
     orbit_influence,
 )
-from symcoherence.coherence.summary import quantiles
 from symcoherence.groups import resolve_group
 
 METRICS = ("identity", "adam", "gauss_newton")
@@ -48,22 +48,25 @@ class Analysis:
     result: OrbitInfluence
     equivariance: torch.Tensor
 
+    @cached_property
+    def summary(self) -> dict[str, float]:
+        """The logged scalars (DESIGN §3.3 keys), equivariance errors included."""
+        return self.result.summary(equivariance=self.equivariance)
+
     def rows(self) -> list[dict[str, Any]]:
         """One dict per element: influence median/q1/q3, ratio, equivariance median/q3."""
-        influence = quantiles(self.result.influence, (0.25, 0.5, 0.75))
-        errors = quantiles(self.equivariance, (0.5, 0.75))
-        ratio = self.result.ratio
+        group, summary = self.result.group_name, self.summary
         return [
             {
                 "element": element,
-                "influence_median": float(influence[1, k]),
-                "influence_q1": float(influence[0, k]),
-                "influence_q3": float(influence[2, k]),
-                "ratio": float(ratio[k]),
-                "equivariance_median": float(errors[0, k]),
-                "equivariance_q3": float(errors[1, k]),
+                "influence_median": summary[f"influence/{group}/{element}/median"],
+                "influence_q1": summary[f"influence/{group}/{element}/q1"],
+                "influence_q3": summary[f"influence/{group}/{element}/q3"],
+                "ratio": summary[f"coherence/{group}/ratio/{element}"],
+                "equivariance_median": summary[f"equivariance/{group}/{element}/median"],
+                "equivariance_q3": summary[f"equivariance/{group}/{element}/q3"],
             }
-            for k, element in enumerate(self.result.elements)
+            for element in self.result.elements
         ]
 
     def table(self) -> str:
@@ -82,8 +85,7 @@ class Analysis:
                 f"{row['element']:<12} {spread:>30} {row['ratio']:>8.3f} "
                 f"{row['equivariance_median']:>10.3g} {row['equivariance_q3']:>10.3g}"
             )
-        summary = self.result.summary(equivariance=self.equivariance)
-        group = self.result.group_name
+        summary, group = self.summary, self.result.group_name
         lines.append("-" * len(header))
         lines.append(
             f"orbit coherence {summary[f'coherence/{group}/orbit']:.3f}   basin compatibility "
@@ -96,7 +98,7 @@ class Analysis:
         """Everything, as plain data."""
         return {
             "settings": settings,
-            "summary": self.result.summary(equivariance=self.equivariance),
+            "summary": self.summary,
             "elements": self.rows(),
             "per_sample": {
                 "influence": self.result.influence.tolist(),

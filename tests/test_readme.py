@@ -19,8 +19,15 @@ def test_callback_example_runs_and_logs_coherence(tmp_path, monkeypatch, capsys)
     exec(
         compile(_python_block("Add the callback to your own Trainer"), "README", "exec"), namespace
     )
-    orbit = float(namespace["trainer"].callback_metrics["coherence/D4/orbit"])
-    assert -10 < orbit < 10  # a finite ratio was measured and logged
+    metrics = namespace["trainer"].callback_metrics
+    assert float(metrics["coherence/D4/ratio/e"]) == 1.0  # ρ(e) = 1 by definition
+    ratios = [
+        float(metrics[f"coherence/D4/ratio/{g}"])
+        for g in ("r", "r2", "r3", "s", "sr", "sr2", "sr3")
+    ]
+    orbit = float(metrics["coherence/D4/orbit"])
+    assert orbit == pytest.approx(sum(ratios) / len(ratios))  # mean of ρ(g) over g ≠ e
+    assert float(metrics["basin/D4/compatibility"]) == pytest.approx(min(ratios))
     assert list((tmp_path / "runs" / "my_run").glob("version_0/events.out.tfevents.*"))
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("tensor(")
 

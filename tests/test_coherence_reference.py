@@ -79,7 +79,8 @@ def test_outer_no_grad_and_inference_mode_do_not_break_it(context):
         got = sc.per_sample_grads(model, sc.smse, x_inner, y_inner, flatten=True)
         result = sc.orbit_influence(model, sc.smse, x_inner, y_inner, sc.groups.C4(), PSEUDO)
     close(got, expected, torch.float64)
-    assert torch.isfinite(result.matrix).all()
+    slow = reference_orbit_influence(model, sc.smse, x, y, sc.groups.C4(), PSEUDO)
+    close(result.matrix, slow.matrix, torch.float64)
 
 
 def test_adam_metric_matches_reference():

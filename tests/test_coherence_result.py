@@ -9,6 +9,7 @@ from conftest import TOL
 
 import symcoherence as sc
 from symcoherence.coherence import OrbitInfluence
+from symcoherence.testing import reference_grads
 
 D4 = sc.groups.D4()
 
@@ -229,9 +230,14 @@ def test_dropout_in_training_mode_needs_explicit_randomness():
     grads = sc.per_sample_grads(model, sc.smse, x, y, flatten=True, randomness="different")
     assert torch.isfinite(grads).all()
     model.eval()
+    deterministic = sc.per_sample_grads(model, sc.smse, x, y, flatten=True)
+    assert grads.shape == deterministic.shape
+    assert not torch.allclose(grads, deterministic)  # the masks were drawn and applied
+    expected = reference_grads(model, sc.smse, x, y, list(model.parameters()))
+    torch.testing.assert_close(deterministic, expected, **TOL["fp64"])
     torch.testing.assert_close(
-        sc.per_sample_grads(model, sc.smse, x, y, flatten=True),
         sc.per_sample_grads(model, sc.smse, x, y, flatten=True, chunk_size=1),
+        expected,
         **TOL["fp64"],
     )
 

@@ -197,11 +197,7 @@ def orbit_influence(
     with grad_mode():
         fmodel = FunctionalModel(model, parameter_filter)
         inputs, targets = _plain(inputs), _plain(targets)
-        kets = torch.empty(
-            inputs.shape[0], fmodel.layout.size, dtype=fmodel.dtype, device=fmodel.device
-        )
-        for samples, block in fmodel.flat_grads(loss_fn, inputs, targets, chunk_size, randomness):
-            kets[samples] = block
+        kets = fmodel.flat_grad_matrix(loss_fn, inputs, targets, chunk_size, randomness)
 
         def bra_blocks() -> Iterator[tuple[int, slice, torch.Tensor]]:
             for index, element in enumerate(names):

@@ -233,6 +233,20 @@ class FunctionalModel:
         for samples, block in self.grad_blocks(loss_fn, inputs, targets, chunk_size, randomness):
             yield samples, self.layout.flatten(block)
 
+    def flat_grad_matrix(
+        self,
+        loss_fn: LossFn,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        chunk_size: ChunkSize = "auto",
+        randomness: Randomness = "error",
+    ) -> torch.Tensor:
+        """All flat per-sample gradients as one ``(N, P)`` tensor, filled chunk by chunk."""
+        out = torch.empty(inputs.shape[0], self.layout.size, dtype=self.dtype, device=self.device)
+        for samples, block in self.flat_grads(loss_fn, inputs, targets, chunk_size, randomness):
+            out[samples] = block
+        return out
+
 
 def resolve_chunk_size(
     chunk_size: ChunkSize,
@@ -326,14 +340,7 @@ def per_sample_grads(
         fmodel = FunctionalModel(model, params)
         inputs, targets = _plain(inputs), _plain(targets)
         if flatten:
-            out = torch.empty(
-                inputs.shape[0], fmodel.layout.size, dtype=fmodel.dtype, device=fmodel.device
-            )
-            for samples, block in fmodel.flat_grads(
-                loss_fn, inputs, targets, chunk_size, randomness
-            ):
-                out[samples] = block
-            return out
+            return fmodel.flat_grad_matrix(loss_fn, inputs, targets, chunk_size, randomness)
         blocks = [
             block
             for _, block in fmodel.grad_blocks(loss_fn, inputs, targets, chunk_size, randomness)

@@ -154,6 +154,16 @@ class OrbitInfluence:
             by_module=by_module,
         )
 
+    def _settings(self) -> tuple:
+        """What parts must share to be concatenated: group, metric, identity, normalization, N."""
+        return (
+            self.group_name,
+            self.metric,
+            self.identity,
+            self.normalization,
+            tuple(self.matrix.shape[1:]),
+        )
+
     @classmethod
     def concatenate(
         cls, parts: Sequence[OrbitInfluence], elements: Sequence[str] | None = None
@@ -172,21 +182,9 @@ class OrbitInfluence:
         if not parts:
             raise ValueError("concatenate needs at least one OrbitInfluence")
         first = parts[0]
+        theirs = first._settings()
         for part in parts[1:]:
-            mine = (
-                part.group_name,
-                part.metric,
-                part.identity,
-                part.normalization,
-                part.matrix.shape[1:],
-            )
-            theirs = (
-                first.group_name,
-                first.metric,
-                first.identity,
-                first.normalization,
-                first.matrix.shape[1:],
-            )
+            mine = part._settings()
             if mine != theirs:
                 raise ValueError(
                     "parts differ in (group, metric, identity, normalization, (N, N)): "

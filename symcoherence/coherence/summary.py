@@ -85,7 +85,7 @@ def summarize(
     num = normalized.shape[-1]
     influence = normalized.diagonal(dim1=-2, dim2=-1)
     stats = quantiles(influence, [0.5, 0.25, 0.75])
-    ratio = stats[0] / stats[0, identity_index]
+    ratio = coherence_ratio(influence, identity_index)
     out: dict[str, float] = {}
     for k, element in enumerate(elements):
         for j, label in enumerate(("median", "q1", "q3")):

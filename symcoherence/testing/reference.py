@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from symcoherence.coherence import Adam, GaussNewton, Identity, Metric, OrbitInfluence
-from symcoherence.coherence.influence import resolve_elements, resolve_metric
+from symcoherence.coherence.influence import check_fields, resolve_elements, resolve_metric
 from symcoherence.coherence.per_sample import ParameterFilter, select_parameters
 from symcoherence.groups import FieldType, Group
 
@@ -116,7 +116,7 @@ def reference_orbit_influence(
     Returns:
         :class:`~symcoherence.coherence.OrbitInfluence` with ``info["reference"] = True``.
     """
-    target_field_type = field_type if target_field_type is None else target_field_type
+    target_field_type = check_fields(inputs, targets, field_type, target_field_type)
     names = resolve_elements(group, elements)
     metric = resolve_metric(metric, optimizer)
     params = list(select_parameters(model, parameter_filter).values())

@@ -101,11 +101,16 @@ def test_augmented_pair_is_an_exact_solver_pair(tmp_path, fields):
 def test_augmentation_is_seeded_and_varies(tmp_path):
     data = tiny(tmp_path, augment_group="D4")
     data.setup()
-    first = [data.dataset("train", augment=True)[0][0] for _ in range(1)]
+    first = data.dataset("train", augment=True)[0]
     again = data.dataset("train", augment=True)
-    draws = [again[0][0] for _ in range(6)]
-    assert torch.equal(first[0], draws[0])
-    assert any(not torch.equal(draws[0], d) for d in draws[1:])
+    draws = [again[0] for _ in range(6)]
+    assert all(torch.equal(a, b) for a, b in zip(first, draws[0], strict=True))
+    assert any(not torch.equal(draws[0][0], d[0]) for d in draws[1:])
+    # every draw is one D4 element applied to both halves of the unaugmented pair
+    x, y = data.dataset("train").pair(0)
+    orbit = [(D4().act(g, x, data.field_type), D4().act(g, y, data.frame_type)) for g in D4()]
+    for inputs, targets in draws:
+        assert any(torch.equal(inputs, gx) and torch.equal(targets, gy) for gx, gy in orbit)
 
 
 def test_normalization_commutes_with_the_group():
@@ -177,13 +182,11 @@ def test_generate_entry_reads_dicts_and_lightning_configs(tmp_path):
     )
     path = generate(config, progress=False, cache_dir=str(tmp_path))
     assert path.exists() and path.parent == tmp_path
-    assert generate(
-        {
-            **TINY,
-            "num_trajectories": 2,
-            "num_frames": 3,
-            "cache_dir": str(tmp_path),
-            "progress": True,
-        },
-        progress=False,
-    ).exists()
+    # the same arguments at the top level of a dict name the same cached file
+    flat = {"n": 16, "num_trajectories": 2, "num_frames": 3, "burn_in": 0.0}
+    assert generate({**flat, "cache_dir": str(tmp_path)}, progress=False) == path
+    # a changed parameter (here the solver precision) is a different dataset
+    other = generate({**TINY, **flat, "cache_dir": str(tmp_path), "progress": True}, progress=False)
+    assert other.exists() and other != path
+    with pytest.raises(TypeError, match="viscosty"):
+        generate({**flat, "viscosty": 0.1, "cache_dir": str(tmp_path)}, progress=False)

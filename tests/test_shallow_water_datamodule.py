@@ -106,6 +106,15 @@ def test_vorticity_fields_and_history(cache_dir):
     assert module.field_type == FieldType(["pseudoscalar", "scalar", "scalar"]).repeat(2)
     assert inputs.shape == (1, 6, 16, 32) and targets.shape == (1, 3, 16, 32)
     assert module.offset[0] == 0  # a pseudoscalar is never centred
+    # the sample is two consecutive stored frames and the frame after them
+    windows = [
+        (trajectory[start : start + 2].flatten(0, 1), trajectory[start + 2])
+        for trajectory in module.data[module.splits["val"]]
+        for start in range(2)
+    ]
+    assert any(torch.equal(inputs[0], x) and torch.equal(targets[0], y) for x, y in windows)
+    # frames are steps_per_frame · dt = 2 · 600 s apart, the first at t = 0
+    assert module.times.tolist() == [0.0, 1200.0, 2400.0, 3600.0]
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,8 @@
 
 The config holds :class:`~symcoherence.data.NavierStokesDataModule` arguments, either at the top
 level or in LightningCLI layout (``data: {class_path: ..., init_args: {...}}``); a YAML or JSON file
-works as well as a dict. ``symcoherence generate`` calls :func:`generate`; ``python -m
-symcoherence.data.generate config.yaml`` does the same from a shell.
+works as well as a dict. From a shell, ``symcoherence generate --config C`` generates (or finds)
+the dataset of a run config.
 
 Example:
     >>> import tempfile
@@ -16,10 +16,8 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,20 +57,3 @@ def generate(
     datamodule = NavierStokesDataModule(**arguments)
     datamodule.prepare_data()
     return datamodule.path
-
-
-def main(argv: Sequence[str] | None = None) -> Path:
-    """Command-line entry: ``generate CONFIG [--cache-dir DIR] [--no-progress]``."""
-    parser = argparse.ArgumentParser(description="Generate a Navier–Stokes trajectory dataset.")
-    parser.add_argument("config", help="YAML or JSON file of NavierStokesDataModule arguments")
-    parser.add_argument("--cache-dir", help="override the cache directory")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
-    overrides = {} if args.cache_dir is None else {"cache_dir": args.cache_dir}
-    path = generate(args.config, progress=not args.no_progress, **overrides)
-    sys.stdout.write(f"{path}\n")
-    return path
-
-
-if __name__ == "__main__":
-    main()

@@ -26,7 +26,6 @@ Example:
 from __future__ import annotations
 
 import math
-from functools import cached_property
 
 import numpy as np
 import torch
@@ -200,7 +199,7 @@ class NavierStokesDataModule(GeneratedTrajectoryDataModule):
             raise ValueError("a forced run needs viscosity > 0 or drag > 0 to stay bounded")
         return amplitude / (damping * wave)
 
-    @cached_property
+    @property
     def declared_group(self) -> LatticeGroup:
         """Every rotation, reflection and integer shift that fixes the forcing."""
         return self.solver.declared_group

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from symcoherence.groups.base import Group, Subgroup
-from symcoherence.groups.planar import Affine, LatticeGroup
+from symcoherence.groups.planar import C4, D4, Affine, LatticeGroup
 
 _BUILDERS: dict[str, Callable[[dict[str, Any]], Group]] = {}
 
@@ -62,8 +62,6 @@ def resolve_group(group: Group | str | dict | None, default: Group | None = None
         return default
     if group.lstrip().startswith("{"):
         return from_spec(json.loads(group))
-    from symcoherence.groups.planar import C4, D4
-
     named = {"D4": D4, "C4": C4}
     if group not in named:
         raise ValueError(

@@ -29,6 +29,8 @@ import torch
 import yaml
 
 from symcoherence.coherence import (
+    METRIC_NAMES,
+    NORMALIZATIONS,
     GaussNewton,
     Metric,
     OrbitInfluence,
@@ -36,9 +38,6 @@ from symcoherence.coherence import (
     orbit_influence,
 )
 from symcoherence.groups import resolve_group
-
-METRICS = ("identity", "adam", "gauss_newton")
-NORMALIZATIONS = ("standard", "cosine", "none")
 
 
 @dataclass
@@ -229,7 +228,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, help="run config (default: the run's config.yaml)")
     parser.add_argument("--group", help="group name such as D4 (default: the dataset's group)")
     parser.add_argument("--elements", nargs="+", help="element names (default: all)")
-    parser.add_argument("--metric", choices=METRICS, default="identity")
+    parser.add_argument("--metric", choices=METRIC_NAMES, default="identity")
     parser.add_argument(
         "--solver",
         choices=("subspace", "cg"),

@@ -22,7 +22,7 @@ Example:
 
 from symcoherence.coherence.equivariance import equivariance_error, rollout_equivariance_error
 from symcoherence.coherence.gauss_newton import GaussNewton
-from symcoherence.coherence.influence import orbit_influence, resolve_metric
+from symcoherence.coherence.influence import METRIC_NAMES, orbit_influence, resolve_metric
 from symcoherence.coherence.loss import smse
 from symcoherence.coherence.metrics import Adam, DiagonalMetric, Identity, Metric
 from symcoherence.coherence.normalization import NORMALIZATIONS, normalize
@@ -30,6 +30,7 @@ from symcoherence.coherence.per_sample import per_sample_grads
 from symcoherence.coherence.result import OrbitInfluence
 
 __all__ = [
+    "METRIC_NAMES",
     "NORMALIZATIONS",
     "Adam",
     "DiagonalMetric",

@@ -48,6 +48,8 @@ from symcoherence.coherence.per_sample import (
 from symcoherence.coherence.result import OrbitInfluence
 from symcoherence.groups import FieldType, Group
 
+METRIC_NAMES = ("identity", "adam", "gauss_newton")  # the shorthands resolve_metric accepts
+
 
 def resolve_metric(metric: str | Metric, optimizer: torch.optim.Optimizer | None = None) -> Metric:
     """A :class:`~symcoherence.coherence.Metric` from a shorthand or a metric object.
@@ -75,7 +77,7 @@ def resolve_metric(metric: str | Metric, optimizer: torch.optim.Optimizer | None
             )
         return Adam(optimizer)
     raise ValueError(
-        f"unknown metric {metric!r}; expected 'identity', 'adam', 'gauss_newton' or a Metric "
+        f"unknown metric {metric!r}; expected one of {list(METRIC_NAMES)} or a Metric "
         "object such as GaussNewton(solver='subspace')"
     )
 

@@ -178,13 +178,21 @@ class OrbitCoherenceMonitor(Callback):
         self._last_step = -1
         self._final: dict[str, float] = {}
         self._layout_written = False
+        self._state_key: tuple[tuple[str, str] | None, str] = (None, "")
 
     # ------------------------------------------------------------------ identity and state
     @property
     def state_key(self) -> str:
-        """Distinct per group and prefix, so several monitors coexist in one checkpoint."""
-        name = self.group.name if self.group is not None else "datamodule"
-        return self._generate_state_key(group=name, prefix=self.prefix)
+        """Distinct per group and prefix, so several monitors coexist in one checkpoint.
+
+        Lightning reads it at every hook call, so it is cached until the group or prefix changes
+        (the group of ``group=None`` is resolved at ``setup``).
+        """
+        identity = (self.group.name if self.group is not None else "datamodule", self.prefix)
+        if self._state_key[0] != identity:
+            group, prefix = identity
+            self._state_key = (identity, self._generate_state_key(group=group, prefix=prefix))
+        return self._state_key[1]
 
     @property
     def measured_elements(self) -> tuple[str, ...]:

@@ -40,6 +40,20 @@ def fired(logger: RecordingLogger, key="basin/D4/compatibility") -> dict[int, fl
     return logger.values(key)
 
 
+# ---------------------------------------------------------------- state key
+def test_state_key_names_the_resolved_group_and_prefix_and_is_cached():
+    explicit = sc.OrbitCoherenceMonitor(group="C4", prefix="a/")
+    assert explicit.state_key == "OrbitCoherenceMonitor{'group': 'C4', 'prefix': 'a/'}"
+    assert explicit.state_key is explicit.state_key
+
+    default = sc.OrbitCoherenceMonitor()
+    assert default.state_key == "OrbitCoherenceMonitor{'group': 'datamodule', 'prefix': ''}"
+    data = TinyData()
+    default.setup(type("T", (), {"datamodule": data})(), TinyModule(), "fit")
+    name = data.symmetry_group.name
+    assert default.state_key == f"OrbitCoherenceMonitor{{'group': '{name}', 'prefix': ''}}"
+
+
 # ---------------------------------------------------------------- logging
 def test_tensorboard_event_files_hold_scalars_images_histograms_layout_and_hparams(tmp_path):
     recording = RecordingLogger()

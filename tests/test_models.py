@@ -8,6 +8,7 @@ from torch.func import functional_call, grad, vmap
 import symcoherence as sc
 from symcoherence.models import FNO2d, GroupAveraged, UNet2d, ViT2d
 from symcoherence.models.base import build_from_spec
+from symcoherence.models.fno import SpectralConv2d
 from symcoherence.testing import assert_equivariant, equivariance_defect
 
 SCALAR = sc.FieldType(["scalar"])
@@ -200,6 +201,37 @@ def test_grid_not_divisible_by_vit_patch():
         ViT2d(1, 1, grid_size=18, patch_size=4)
     with pytest.raises(ValueError, match="set grid_size"):
         ViT2d(1, 1, grid_size=16, dim=16, depth=1)(torch.randn(1, 1, 32, 32))
+
+
+def test_spectral_conv_with_unit_weights_is_a_low_pass_filter():
+    modes, height, width = 3, 12, 10
+    conv = SpectralConv2d(1, modes).double()
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[..., 0] = 1.0  # real part 1, imaginary part 0: the identity on kept modes
+    x = torch.randn(2, 1, height, width, dtype=torch.float64)
+    k_y = torch.fft.fftfreq(height, 1 / height)  # integer wavenumbers 0, 1, ..., -1
+    k_x = torch.arange(width // 2 + 1)
+    kept = ((k_y >= -modes) & (k_y < modes))[:, None] & (k_x < modes)[None, :]
+    expected = torch.fft.irfft2(torch.fft.rfft2(x) * kept, s=(height, width))
+    torch.testing.assert_close(conv(x), expected, **TOL["fp64"])
+
+
+@pytest.mark.parametrize(
+    ("factory", "match"),
+    [
+        (lambda: FNO2d(1, 1, modes=0), r"FNO2d needs modes >= 1, width >= 1, layers >= 1"),
+        (lambda: UNet2d(1, 1, depth=-1), r"UNet2d needs width >= 1, depth >= 0, blocks >= 1"),
+        (lambda: ViT2d(1, 1, grid_size=16, dim=0), r"ViT2d needs patch_size >= 1, dim >= 1"),
+    ],
+)
+def test_non_positive_sizes_are_clear_errors(factory, match):
+    with pytest.raises(ValueError, match=match):
+        factory()
+
+
+def test_unet_allows_depth_zero():
+    assert UNet2d(1, 1, width=8, depth=0).stride == 1
 
 
 def test_fno_modes_too_large_for_the_grid():

@@ -83,6 +83,22 @@ def resolve_preset(
     return values
 
 
+def check_sizes(owner: str, sizes: dict[str, Any], minimums: dict[str, int] | None = None) -> None:
+    """Raise ``ValueError`` unless every value in ``sizes`` is at least its minimum (default 1).
+
+    Example:
+        >>> check_sizes("Net", {"width": 8, "depth": 0}, {"depth": 0})
+        >>> check_sizes("Net", {"width": 0, "depth": 2})
+        Traceback (most recent call last):
+        ...
+        ValueError: Net needs width >= 1, depth >= 1; got {'width': 0, 'depth': 2}
+    """
+    minimums = minimums or {}
+    if any(value < minimums.get(key, 1) for key, value in sizes.items()):
+        bounds = ", ".join(f"{key} >= {minimums.get(key, 1)}" for key in sizes)
+        raise ValueError(f"{owner} needs {bounds}; got {sizes}")
+
+
 def module_spec(module: nn.Module) -> dict[str, Any] | None:
     """The rebuild spec of ``module`` if it can produce one, else ``None``."""
     spec = getattr(module, "spec", None)

@@ -5,10 +5,10 @@ Each of the ``layers`` Fourier layers updates the hidden field ``h`` (``width`` 
 .. math:: h \mapsto \sigma\big(\mathcal{F}^{-1}[R \cdot \mathcal{F} h] + W h\big),
 
 where ``F`` is the 2-D real FFT, ``R`` multiplies the lowest ``modes`` wavenumbers in each
-direction (``|k_y| < modes``, ``0 <= k_x < modes``) by learned complex ``width × width`` matrices and
-drops the rest, ``W`` is a 1×1 convolution and ``σ`` is GELU (not applied after the last layer).
-A 1×1 lifting maps the input (and, optionally, the grid coordinates) to ``width`` channels and a
-two-layer 1×1 projection maps back to the output channels.
+direction (``-modes <= k_y < modes``, ``0 <= k_x < modes``) by learned complex ``width × width``
+matrices and drops the rest, ``W`` is a 1×1 convolution and ``σ`` is GELU (not applied after the
+last layer). A 1×1 lifting maps the input (and, optionally, the grid coordinates) to ``width``
+channels and a two-layer 1×1 projection maps back to the output channels.
 
 The complex weights are stored as real tensors with a trailing ``(real, imag)`` axis, so
 ``model.double()`` turns them into complex128 weights as it turns the rest into float64.
@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from symcoherence.models.base import Backbone, resolve_preset
+from symcoherence.models.base import Backbone, check_sizes, resolve_preset
 
 PRESETS = {
     "small": {"modes": 8, "width": 16, "layers": 4},
@@ -43,7 +43,7 @@ class SpectralConv2d(nn.Module):
 
     Args:
         channels: input and output channels.
-        modes: retained wavenumbers per direction (``|k_y| < modes``, ``0 <= k_x < modes``).
+        modes: retained wavenumbers per direction (``-modes <= k_y < modes``, ``0 <= k_x < modes``).
     """
 
     def __init__(self, channels: int, modes: int):
@@ -118,8 +118,7 @@ class FNO2d(Backbone):
             positional_embedding=positional_embedding,
             **config,
         )
-        if min(config.values()) < 1:
-            raise ValueError(f"FNO2d needs modes, width and layers >= 1; got {config}")
+        check_sizes("FNO2d", config)
         hidden = config["width"]
         self.positional_embedding = positional_embedding
         self.lift = nn.Conv2d(in_channels + 2 * positional_embedding, hidden, 1)

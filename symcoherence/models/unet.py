@@ -31,7 +31,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from symcoherence.models.base import Backbone, SelfAttention, num_groups, resolve_preset
+from symcoherence.models.base import (
+    Backbone,
+    SelfAttention,
+    check_sizes,
+    num_groups,
+    resolve_preset,
+)
 
 PRESETS = {
     "small": {"width": 16, "depth": 2, "blocks": 1, "attention": False, "heads": 4},
@@ -134,11 +140,8 @@ class UNet2d(Backbone):
         }
         config = resolve_preset("UNet2d", PRESETS, preset, overrides)
         self._record(in_channels=in_channels, out_channels=out_channels, preset=preset, **config)
-        if config["width"] < 1 or config["depth"] < 0 or config["blocks"] < 1:
-            raise ValueError(
-                f"UNet2d needs width >= 1, depth >= 0 and blocks >= 1; got width={config['width']}, "
-                f"depth={config['depth']}, blocks={config['blocks']}"
-            )
+        sizes = {key: config[key] for key in ("width", "depth", "blocks")}
+        check_sizes("UNet2d", sizes, {"depth": 0})
         self.depth = config["depth"]
         channels = [config["width"] * 2 ** min(level, 3) for level in range(self.depth + 1)]
         self.lift = circular_conv(in_channels, channels[0])

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from symcoherence.models.base import Backbone, SelfAttention, resolve_preset
+from symcoherence.models.base import Backbone, SelfAttention, check_sizes, resolve_preset
 
 PRESETS = {
     "small": {"patch_size": 4, "dim": 96, "depth": 4, "heads": 4, "mlp_ratio": 2},
@@ -114,8 +114,7 @@ class ViT2d(Backbone):
             position_embedding=position_embedding,
             **config,
         )
-        if min(config.values()) < 1:
-            raise ValueError(f"ViT2d needs positive sizes; got {config}")
+        check_sizes("ViT2d", config)
         patch = config["patch_size"]
         if grid[0] % patch or grid[1] % patch:
             raise ValueError(

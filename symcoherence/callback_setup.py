@@ -22,15 +22,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from symcoherence.coherence import smse
+from symcoherence.coherence import METRIC_NAMES, NORMALIZATIONS, smse
 from symcoherence.coherence.metrics import Metric
 from symcoherence.coherence.per_sample import check_modes
 from symcoherence.groups import FieldType, Group
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SPLITS = ("train", "val", "test")
-METRICS = ("identity", "adam", "gauss_newton")
-NORMALIZATIONS = ("standard", "cosine", "none")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -60,9 +58,9 @@ def check_arguments(
     The arguments are those of :class:`~symcoherence.callback.OrbitCoherenceMonitor`; the group
     and field types are checked where they are resolved.
     """
-    if not (isinstance(metric, Metric) or metric in METRICS):
+    if not (isinstance(metric, Metric) or metric in METRIC_NAMES):
         raise ValueError(
-            f"metric must be one of {list(METRICS)} or a symcoherence.coherence.Metric, got {metric!r}"
+            f"metric must be one of {list(METRIC_NAMES)} or a symcoherence.coherence.Metric, got {metric!r}"
         )
     if normalization not in NORMALIZATIONS:
         raise ValueError(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from symcoherence.analysis import Analysis, analyze
+from symcoherence.cli.analyze import Analysis, analyze
 from symcoherence.cli import lightning_cli
 from symcoherence.coherence import GaussNewton
 

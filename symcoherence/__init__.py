@@ -20,7 +20,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("groups", "coherence", "data", "models", "testing", "callback", "cli")
+_SUBMODULES = ("groups", "coherence", "data", "models", "testing", "callbacks", "cli")
 _LAZY_NAMES = {
     "FieldType": "symcoherence.groups",
     "Group": "symcoherence.groups",
@@ -30,7 +30,7 @@ _LAZY_NAMES = {
     "OrbitInfluence": "symcoherence.coherence",
     "equivariance_error": "symcoherence.coherence",
     "rollout_equivariance_error": "symcoherence.coherence",
-    "OrbitCoherenceMonitor": "symcoherence.callback",
+    "OrbitCoherenceMonitor": "symcoherence.callbacks",
 }
 
 __all__ = ["__version__", *_SUBMODULES, *_LAZY_NAMES]

@@ -20,7 +20,7 @@ from test_callback_helpers import (
 from torch import nn
 
 import symcoherence as sc
-from symcoherence.callback_isolation import isolated
+from symcoherence.callbacks._isolation import isolated
 from symcoherence.models import GroupAveraged
 
 D4 = sc.groups.D4().elements

@@ -18,7 +18,7 @@ from test_callback_helpers import (
 from torch import nn
 
 import symcoherence as sc
-from symcoherence.callback import MeasurementError
+from symcoherence.callbacks import MeasurementError
 
 Monitor = sc.OrbitCoherenceMonitor
 

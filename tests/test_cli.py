@@ -8,7 +8,7 @@ import torch
 from conftest import TOL
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from symcoherence.analysis import analyze, load_run
+from symcoherence.cli.analyze import analyze, load_run
 from symcoherence.cli import main
 from symcoherence.coherence import equivariance_error, orbit_influence
 

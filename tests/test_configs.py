@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from symcoherence.callback import OrbitCoherenceMonitor
+from symcoherence.callbacks import OrbitCoherenceMonitor
 from symcoherence.cli import lightning_cli
 from symcoherence.data import TrajectoryDataModule
 from symcoherence.models import EmulatorModule

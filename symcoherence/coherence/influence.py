@@ -210,6 +210,10 @@ def orbit_influence(
                 for samples, block in fmodel.flat_grads(loss_fn, *moved, chunk_size, randomness):
                     yield index, samples, block
 
+        def orbit_inputs() -> Iterator[torch.Tensor]:
+            for element in names:
+                yield group.act(element, inputs, field_type)
+
         problem = InfluenceProblem(
             fmodel=fmodel,
             ket_inputs=inputs,
@@ -218,6 +222,7 @@ def orbit_influence(
             num_elements=len(names),
             need_bra_self=normalization == "cosine",
             groups=module_columns(fmodel) if breakdown else None,
+            orbit_inputs=orbit_inputs,
         )
         reduced = metric.reduce(problem)
     return OrbitInfluence(

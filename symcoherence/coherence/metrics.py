@@ -45,6 +45,9 @@ class InfluenceProblem:
         num_elements: ``K``.
         need_bra_self: whether ``bra_self`` is needed (expensive only for the ``cg`` solver).
         groups: for a per-module breakdown, ``{label: column index tensor}``; else ``None``.
+        orbit_inputs: callable returning an iterator over the measured elements' transformed
+            probe inputs ``g·x`` ``(N, C, H, W)``, in element order (identity included); metrics
+            built on the whole orbit batch read it.
     """
 
     fmodel: FunctionalModel
@@ -54,6 +57,7 @@ class InfluenceProblem:
     num_elements: int
     need_bra_self: bool = True
     groups: dict[str, torch.Tensor] | None = None
+    orbit_inputs: Callable[[], Iterator[torch.Tensor]] | None = None
 
 
 @dataclass

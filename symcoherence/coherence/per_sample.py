@@ -301,7 +301,7 @@ def per_sample_grads(
     inputs: torch.Tensor,
     targets: torch.Tensor,
     chunk_size: ChunkSize = "auto",
-    params: ParameterFilter = None,
+    parameter_filter: ParameterFilter = None,
     *,
     flatten: bool = False,
     randomness: Randomness = "error",
@@ -320,7 +320,7 @@ def per_sample_grads(
         targets: ``(N, ...)``, one per input.
         chunk_size: samples per vmapped call: ``"auto"`` (bounded memory, never slower than a loop
             on CPU), a positive int, or ``None`` for all at once.
-        params: which parameters: ``None`` (all with ``requires_grad``), a callable
+        parameter_filter: which parameters: ``None`` (all with ``requires_grad``), a callable
             ``(name, parameter) -> bool`` or a list of names.
         flatten: return one ``(N, P)`` real tensor (complex parameters as real/imaginary pairs, in
             ``model.named_parameters()`` order) instead of a dict.
@@ -337,7 +337,7 @@ def per_sample_grads(
     check_pair(inputs, targets)
     check_modes(model, randomness)
     with grad_mode():
-        fmodel = FunctionalModel(model, params)
+        fmodel = FunctionalModel(model, parameter_filter)
         inputs, targets = _plain(inputs), _plain(targets)
         if flatten:
             return fmodel.flat_grad_matrix(loss_fn, inputs, targets, chunk_size, randomness)

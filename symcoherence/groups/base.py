@@ -40,16 +40,16 @@ class Group(ABC):
         element: str,
         inputs: torch.Tensor,
         targets: torch.Tensor,
-        input_type: FieldType,
-        target_type: FieldType | None = None,
+        field_type: FieldType,
+        target_field_type: FieldType | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Act on a training pair ``(x, y)``; by default the same action on input and target.
 
         Symmetries that act differently on the two (a Galilean boost moves the target by ``c·Δt``
         more than the input) override this method; every consumer goes through it.
         """
-        target_type = input_type if target_type is None else target_type
-        return self.act(element, inputs, input_type), self.act(element, targets, target_type)
+        target_field_type = field_type if target_field_type is None else target_field_type
+        return self.act(element, inputs, field_type), self.act(element, targets, target_field_type)
 
     def orbit(
         self,
@@ -189,10 +189,10 @@ class Subgroup(Group):
         self.check_element(element)
         return self.parent.act(element, field, field_type)
 
-    def act_pair(self, element, inputs, targets, input_type, target_type=None):
+    def act_pair(self, element, inputs, targets, field_type, target_field_type=None):
         """Act on a pair as the parent does (only on members)."""
         self.check_element(element)
-        return self.parent.act_pair(element, inputs, targets, input_type, target_type)
+        return self.parent.act_pair(element, inputs, targets, field_type, target_field_type)
 
     def compose(self, a: str, b: str) -> str:
         """Parent composition, checked to stay inside the subset."""

@@ -142,3 +142,23 @@ class FieldType:
     def to_list(self) -> list[str]:
         """Plain list of kinds (for configs, checkpoints and HDF5 attributes)."""
         return list(self.kinds)
+
+    @classmethod
+    def coerce(cls, value: FieldType | Sequence[str], name: str = "field_type") -> FieldType:
+        """``value`` as a :class:`FieldType`; a list of kinds (as configs write it) is converted.
+
+        Raises:
+            TypeError: naming ``name``, for anything else.
+
+        Example:
+            >>> FieldType.coerce(["vector"])
+            FieldType(['vector'])
+        """
+        if isinstance(value, FieldType):
+            return value
+        if isinstance(value, (list, tuple)):
+            return cls(value)
+        raise TypeError(
+            f"{name} must be a FieldType (e.g. FieldType(['pseudoscalar'])) or a list of kinds "
+            f"such as ['vector'], got {value!r}"
+        )

@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -31,45 +30,34 @@ from symcoherence.groups import FieldType, Group, from_spec
 from symcoherence.models.base import build_from_spec, module_spec
 
 
-def _field_type(value: FieldType | Sequence[str], name: str) -> FieldType:
-    if isinstance(value, FieldType):
-        return value
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        return FieldType(list(value))
-    raise TypeError(
-        f"GroupAveraged: {name} must be a FieldType or a list of kinds such as ['vector']; "
-        f"got {value!r}"
-    )
-
-
 class GroupAveraged(nn.Module):
     """The group average ``f̄(x) = |G|⁻¹ Σ_g g⁻¹·f(g·x)`` of a backbone ``f`` (module docstring).
 
     Equivariance:
         Exactly equivariant under every element of ``group`` (up to the round-off of a sum taken
-        in a different order), for any backbone, with inputs transforming as ``in_type`` and
-        outputs as ``out_type``. It inherits the backbone's equivariance under any other
+        in a different order), for any backbone, with inputs transforming as ``field_type`` and
+        outputs as ``target_field_type``. It inherits the backbone's equivariance under any other
         transformation that commutes with all elements of ``group``.
 
     Args:
         backbone: any module mapping ``(B, C_in, H, W) -> (B, C_out, H, W)``, or its spec
             ``{"class_path": ..., "init_args": ...}`` (how checkpoints rebuild it).
         group: the symmetry group to average over, or its ``group.spec()`` dict.
-        in_type: field type of the input channels (a :class:`FieldType` or a list of kinds).
-        out_type: field type of the output channels (default ``in_type``).
+        field_type: field type of the input channels (a :class:`FieldType` or a list of kinds).
+        target_field_type: field type of the output channels (default ``field_type``).
 
     Raises:
         TypeError: if ``group`` or a field type has the wrong type.
         ValueError: if the backbone's channel counts (when it declares them) disagree with the
-            field types, or, at the first forward, if the input does not match ``in_type``.
+            field types, or, at the first forward, if the input does not match ``field_type``.
     """
 
     def __init__(
         self,
         backbone: nn.Module,
         group: Group | dict[str, Any],
-        in_type: FieldType | list[str],
-        out_type: FieldType | list[str] | None = None,
+        field_type: FieldType | list[str],
+        target_field_type: FieldType | list[str] | None = None,
     ):
         super().__init__()
         if isinstance(backbone, dict):
@@ -83,10 +71,14 @@ class GroupAveraged(nn.Module):
             )
         self.backbone = backbone
         self.group = group
-        self.in_type = _field_type(in_type, "in_type")
-        self.out_type = self.in_type if out_type is None else _field_type(out_type, "out_type")
-        self.in_channels = self.in_type.num_channels
-        self.out_channels = self.out_type.num_channels
+        self.field_type = FieldType.coerce(field_type, "field_type")
+        self.target_field_type = (
+            self.field_type
+            if target_field_type is None
+            else FieldType.coerce(target_field_type, "target_field_type")
+        )
+        self.in_channels = self.field_type.num_channels
+        self.out_channels = self.target_field_type.num_channels
         for name, declared, expected in (
             ("in_channels", getattr(backbone, "in_channels", None), self.in_channels),
             ("out_channels", getattr(backbone, "out_channels", None), self.out_channels),
@@ -94,20 +86,20 @@ class GroupAveraged(nn.Module):
             if declared is not None and declared != expected:
                 raise ValueError(
                     f"GroupAveraged: the backbone has {name}={declared} but the field type has "
-                    f"{expected} channels ({self.in_type if name == 'in_channels' else self.out_type}); "
+                    f"{expected} channels ({self.field_type if name == 'in_channels' else self.target_field_type}); "
                     "build the backbone with matching channel counts"
                 )
         self._inverses = [group.inverse(element) for element in group.elements]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C_in, H, W) -> (B, C_out, H, W)``: the average over the group orbit."""
-        self.in_type.check(x, "GroupAveraged input")
-        orbit = self.group.orbit(x, self.in_type)
+        self.field_type.check(x, "GroupAveraged input")
+        orbit = self.group.orbit(x, self.field_type)
         count, batch = orbit.shape[:2]
         outputs = self.backbone(orbit.reshape(count * batch, *x.shape[1:]))
         outputs = outputs.reshape(count, batch, *outputs.shape[1:])
         pulled_back = [
-            self.group.act(inverse, output, self.out_type)
+            self.group.act(inverse, output, self.target_field_type)
             for inverse, output in zip(self._inverses, outputs.unbind(0), strict=True)
         ]
         return torch.stack(pulled_back).mean(dim=0)
@@ -120,8 +112,8 @@ class GroupAveraged(nn.Module):
         init_args = {
             "backbone": backbone,
             "group": self.group.spec(),
-            "in_type": self.in_type.to_list(),
-            "out_type": self.out_type.to_list(),
+            "field_type": self.field_type.to_list(),
+            "target_field_type": self.target_field_type.to_list(),
         }
         return {
             "class_path": f"{type(self).__module__}.{type(self).__name__}",

@@ -17,8 +17,8 @@ from symcoherence.groups import FieldType, Group
 def equivariance_defect(
     model: Callable[[torch.Tensor], torch.Tensor],
     group: Group,
-    in_type: FieldType,
-    out_type: FieldType | None = None,
+    field_type: FieldType,
+    target_field_type: FieldType | None = None,
     inputs: torch.Tensor | None = None,
     elements: Sequence[str] | None = None,
     grid: int | tuple[int, int] = 16,
@@ -30,8 +30,8 @@ def equivariance_defect(
     Args:
         model: maps ``(B, C_in, H, W)`` to ``(B, C_out, H, W)``.
         group: the group whose elements are checked.
-        in_type: field type of the input channels.
-        out_type: field type of the output channels (default ``in_type``).
+        field_type: field type of the input channels.
+        target_field_type: field type of the output channels (default ``field_type``).
         inputs: ``(B, C_in, H, W)``; random normal inputs of size ``grid`` when omitted.
         elements: element names to check (default: all).
         grid: grid size of the random inputs.
@@ -41,24 +41,24 @@ def equivariance_defect(
     Returns:
         ``{element: defect}``.
     """
-    out_type = in_type if out_type is None else out_type
+    target_field_type = field_type if target_field_type is None else target_field_type
     if inputs is None:
         height, width = (grid, grid) if isinstance(grid, int) else grid
         generator = generator or torch.Generator().manual_seed(0)
         parameter = next(iter(getattr(model, "parameters", lambda: iter(()))()), None)
         dtype = parameter.dtype if parameter is not None else torch.get_default_dtype()
         device = parameter.device if parameter is not None else torch.device("cpu")
-        inputs = torch.randn(batch, in_type.num_channels, height, width, generator=generator)
+        inputs = torch.randn(batch, field_type.num_channels, height, width, generator=generator)
         inputs = inputs.to(device=device, dtype=dtype)
-    in_type.check(inputs, "inputs")
+    field_type.check(inputs, "inputs")
     with torch.no_grad():
         reference = model(inputs)
-        out_type.check(reference, "model output")
+        target_field_type.check(reference, "model output")
         scale = reference.norm().clamp_min(torch.finfo(reference.dtype).tiny)
         defects = {}
         for element in group.elements if elements is None else elements:
-            moved = model(group.act(element, inputs, in_type))
-            expected = group.act(element, reference, out_type)
+            moved = model(group.act(element, inputs, field_type))
+            expected = group.act(element, reference, target_field_type)
             defects[element] = float((moved - expected).norm() / scale)
     return defects
 
@@ -66,8 +66,8 @@ def equivariance_defect(
 def assert_equivariant(
     model: Callable[[torch.Tensor], torch.Tensor],
     group: Group,
-    in_type: FieldType,
-    out_type: FieldType | None = None,
+    field_type: FieldType,
+    target_field_type: FieldType | None = None,
     inputs: torch.Tensor | None = None,
     elements: Sequence[str] | None = None,
     rtol: float = 1e-5,
@@ -77,7 +77,9 @@ def assert_equivariant(
 
     Arguments as in :func:`equivariance_defect`; ``rtol`` defaults to the fp32 tolerance.
     """
-    defects = equivariance_defect(model, group, in_type, out_type, inputs, elements, **kwargs)
+    defects = equivariance_defect(
+        model, group, field_type, target_field_type, inputs, elements, **kwargs
+    )
     failing = {name: value for name, value in defects.items() if not value <= rtol}
     if failing:
         detail = ", ".join(f"{name}: {value:.2e}" for name, value in failing.items())

@@ -1,4 +1,4 @@
-"""Probe set and configuration checks of :class:`~symcoherence.callback.OrbitCoherenceMonitor`.
+"""Probe set and configuration checks of :class:`~symcoherence.callbacks.OrbitCoherenceMonitor`.
 
 Checks the constructor's arguments, converts field types, finds the model and loss to
 differentiate, draws the fixed, seeded probe set (from the datamodule's ``probe_batch`` or its dataloaders' datasets) and checks
@@ -6,7 +6,7 @@ field types, group, model modes and model output against the data before the fir
 
 Example:
     >>> import torch
-    >>> from symcoherence.callback_setup import probe_fingerprint
+    >>> from symcoherence.callbacks._probes import probe_fingerprint
     >>> x = torch.zeros(2, 1, 4, 4)
     >>> probe_fingerprint(x, x) == probe_fingerprint(x.clone(), x.clone())
     True
@@ -55,7 +55,7 @@ def check_arguments(
 ) -> None:
     """Raise a ``ValueError`` or ``TypeError`` naming the fix for an invalid monitor argument.
 
-    The arguments are those of :class:`~symcoherence.callback.OrbitCoherenceMonitor`; the group
+    The arguments are those of :class:`~symcoherence.callbacks.OrbitCoherenceMonitor`; the group
     and field types are checked where they are resolved.
     """
     if not (isinstance(metric, Metric) or metric in METRIC_NAMES):

@@ -1,4 +1,4 @@
-r"""What :class:`~symcoherence.callback.OrbitCoherenceMonitor` logs for one firing.
+r"""What :class:`~symcoherence.callbacks.OrbitCoherenceMonitor` logs for one firing.
 
 The scalars of a firing (:func:`firing_scalars`) reach every logger through Lightning; this module
 also writes what only TensorBoard shows: a figure per firing (influence per element beside the forward equivariance error per element), the
@@ -11,7 +11,7 @@ Tags follow DESIGN §3.3, so TensorBoard groups them with the scalars of the sam
 ``{prefix}influence/{group}/{element}`` (histogram).
 
 Example:
-    >>> from symcoherence.callback_logging import layout_for
+    >>> from symcoherence.callbacks._tensorboard import layout_for
     >>> chart = layout_for("", "D4xShifts", ["e", "r|x1y0"])["coherence/D4xShifts"]
     >>> chart["ratio per element"][1][1]
     '^coherence/D4xShifts/ratio/r\\|x1y0$'
@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from symcoherence.callback_measure import Part
+from symcoherence.callbacks._firing import Part
 from symcoherence.coherence.summary import quantiles
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""One firing of :class:`~symcoherence.callback.OrbitCoherenceMonitor`: compute, agree, gather.
+"""One firing of :class:`~symcoherence.callbacks.OrbitCoherenceMonitor`: compute, agree, gather.
 
 Each rank measures its share of the group elements with the engine of
 :mod:`symcoherence.coherence`; the ranks then agree on success (a failure or a non-finite value on
@@ -14,7 +14,7 @@ any rank fails the firing everywhere) and gather the shares. The share depends o
 Every rank enters every collective, whatever happened on it, so no rank waits forever.
 
 Example:
-    >>> from symcoherence.callback_measure import share
+    >>> from symcoherence.callbacks._firing import share
     >>> from symcoherence.coherence import GaussNewton
     >>> share(["e", "r", "r2"], GaussNewton(solver="cg"), rank=1, world_size=2)
     ['r2']
@@ -30,8 +30,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from symcoherence import distributed
-from symcoherence.callback_setup import LossFn
+from symcoherence.callbacks import _distributed as distributed
+from symcoherence.callbacks._probes import LossFn
 from symcoherence.coherence import (
     OrbitInfluence,
     equivariance_error,

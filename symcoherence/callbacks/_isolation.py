@@ -2,7 +2,7 @@
 
 Example:
     >>> import torch
-    >>> from symcoherence.callback_isolation import isolated
+    >>> from symcoherence.callbacks._isolation import isolated
     >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5)).train()
     >>> before = torch.get_rng_state()
     >>> with isolated(net, [], eval_mode=True):

@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "generate":
         return generate_main(rest)
     if command == "analyze":
-        from symcoherence.analysis import analyze_main
+        from symcoherence.cli.analyze import analyze_main
 
         print(analyze_main(rest))
         return 0

@@ -5,7 +5,7 @@ that failed still takes part in the collectives and no rank waits forever. Outsi
 process group (single-process training) the functions degrade to their one-rank answers.
 
 Example:
-    >>> from symcoherence.distributed import split_evenly
+    >>> from symcoherence.callbacks._distributed import split_evenly
     >>> split_evenly(["e", "r", "r2", "r3", "s"], rank=1, world_size=2)
     ['r3', 's']
     >>> split_evenly(["e"], rank=1, world_size=2)

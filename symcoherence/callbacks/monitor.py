@@ -21,7 +21,7 @@ float32 copy, so the diagnostic always computes in float32 (or float64 for float
 Scalars are logged at ``step = trainer.global_step``.
 
 Example:
-    >>> from symcoherence.callback import OrbitCoherenceMonitor
+    >>> from symcoherence.callbacks import OrbitCoherenceMonitor
     >>> monitor = OrbitCoherenceMonitor(group="D4", every_n_train_steps=100, every_n_epochs=None)
     >>> monitor.state_key
     "OrbitCoherenceMonitor{'group': 'D4', 'prefix': ''}"
@@ -36,10 +36,10 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
-from symcoherence import callback_logging
-from symcoherence.callback_isolation import isolated
-from symcoherence.callback_measure import Part, compute, measure_collectively
-from symcoherence.callback_setup import (
+from symcoherence.callbacks import _tensorboard as callback_logging
+from symcoherence.callbacks._isolation import isolated
+from symcoherence.callbacks._firing import Part, compute, measure_collectively
+from symcoherence.callbacks._probes import (
     LossFn,
     as_field_type,
     check_arguments,

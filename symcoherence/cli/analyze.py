@@ -293,7 +293,7 @@ def analyze_main(argv: Sequence[str]) -> str:
 
 
 def _write_figure(analysis: Analysis, path: Path) -> None:
-    from symcoherence.callback_logging import summary_figure
+    from symcoherence.callbacks._tensorboard import summary_figure
 
     figure = summary_figure(
         analysis.result.elements,

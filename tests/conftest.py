@@ -1,4 +1,4 @@
-"""Shared test set-up: seeding, the tolerance table and markers (declared in pyproject.toml)."""
+"""Shared test set-up: seeding and markers (declared in pyproject.toml)."""
 
 import random
 
@@ -6,21 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-# The tolerance table. Every numerical comparison in the suite uses one of these rows; loosening one
-# for a single test needs a comment at that test saying why.
-#   exact: permutations with signs (group actions, integer rolls) must match bit for bit.
-#   fp64:  float64 computations that differ only in the order of floating-point operations.
-#   fp32:  float32 computations that differ only in the order of floating-point operations.
-TOL = {
-    "exact": {"rtol": 0.0, "atol": 0.0},
-    "fp64": {"rtol": 1e-10, "atol": 1e-12},
-    "fp32": {"rtol": 1e-5, "atol": 1e-6},
-}
-
-
-def tol_for(dtype: torch.dtype) -> dict:
-    """The fp row matching ``dtype``."""
-    return TOL["fp64"] if dtype == torch.float64 else TOL["fp32"]
+from symcoherence.testing import TOLERANCES
 
 
 @pytest.fixture(autouse=True)
@@ -44,4 +30,4 @@ def _seed_everything():
 
 @pytest.fixture
 def tol():
-    return TOL
+    return TOLERANCES

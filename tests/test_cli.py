@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TOL
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from symcoherence.cli.analyze import analyze, load_run
 from symcoherence.cli import main
+from symcoherence.cli.analyze import analyze, load_run
 from symcoherence.coherence import equivariance_error, orbit_influence
+from symcoherence.testing import TOLERANCES as TOL
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from coherence_zoo import PSEUDO, SCALAR, data, make  # noqa: F401
-from conftest import TOL
+from helpers.zoo import PSEUDO, SCALAR, data, make  # noqa: F401
 
 import symcoherence as sc
+from symcoherence.testing import TOLERANCES as TOL
 
 D4 = sc.groups.D4()
 SHIFTS = sc.groups.Shifts(shifts=[(1, 0), (2, 3)])

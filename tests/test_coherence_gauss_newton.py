@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from coherence_zoo import PSEUDO, data, make  # noqa: F401
-from conftest import TOL
+from helpers.zoo import PSEUDO, data, make  # noqa: F401
 
 import symcoherence as sc
 from symcoherence.coherence import GaussNewton
 from symcoherence.coherence.gauss_newton import batched_cg
+from symcoherence.testing import TOLERANCES as TOL
 from symcoherence.testing.reference import reference_grads, reference_jacobian
 
 D4 = sc.groups.D4()

@@ -3,11 +3,11 @@ negative controls give ρ < 1; invariances of the normalized outputs."""
 
 import pytest
 import torch
-from coherence_zoo import PSEUDO, SCALAR, GroupAveraged, data, make  # noqa: F401
-from conftest import TOL
+from helpers.zoo import PSEUDO, SCALAR, GroupAveraged, data, make  # noqa: F401
 
 import symcoherence as sc
 from symcoherence.coherence import Adam, GaussNewton, Identity
+from symcoherence.testing import TOLERANCES as TOL
 
 D4 = sc.groups.D4()
 SHIFTS = sc.groups.Shifts(shifts=[(1, 0), (0, 2), (3, 5)])

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from coherence_zoo import PSEUDO, ZOO, data, make  # noqa: F401
-from conftest import tol_for
+from helpers.zoo import PSEUDO, ZOO, data, make  # noqa: F401
 
 import symcoherence as sc
 from symcoherence.testing import reference_grads, reference_orbit_influence
+from symcoherence.testing import tolerance_for as tol_for
 
 DTYPES = [torch.float64, torch.float32]
 ELEMENTS = ["e", "r", "s", "sr3"]

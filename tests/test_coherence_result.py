@@ -4,11 +4,11 @@ import math
 
 import pytest
 import torch
-from coherence_zoo import PSEUDO, SCALAR, data, make  # noqa: F401
-from conftest import TOL
+from helpers.zoo import PSEUDO, SCALAR, data, make  # noqa: F401
 
 import symcoherence as sc
 from symcoherence.coherence import OrbitInfluence
+from symcoherence.testing import TOLERANCES as TOL
 from symcoherence.testing import reference_grads
 
 D4 = sc.groups.D4()

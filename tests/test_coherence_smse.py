@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from conftest import TOL
 
 import symcoherence as sc
+from symcoherence.testing import TOLERANCES as TOL
 
 
 def test_matches_the_definition():

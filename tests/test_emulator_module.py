@@ -5,13 +5,13 @@ import logging
 import lightning as L
 import pytest
 import torch
-from conftest import TOL
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader, TensorDataset
 
 import symcoherence as sc
 from symcoherence.models import EmulatorModule, GroupAveraged, UNet2d
+from symcoherence.testing import TOLERANCES as TOL
 from symcoherence.testing import assert_equivariant
 
 GRID = 16

@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-from conftest import TOL
 
 from symcoherence.groups import (
     C4,
@@ -15,6 +14,7 @@ from symcoherence.groups import (
     Shifts,
     from_spec,
 )
+from symcoherence.testing import TOLERANCES as TOL
 
 MIXED = FieldType(["vector", "pseudoscalar", "scalar"])  # 4 channels: (u_x, u_y, omega, p)
 # closed groups on an n×n periodic grid

@@ -3,7 +3,8 @@
 import math
 
 import torch
-from conftest import TOL
+
+from symcoherence.testing import TOLERANCES as TOL
 
 
 def test_torch_harmonics_round_trip_of_a_band_limited_field():

@@ -2,13 +2,13 @@
 
 import pytest
 import torch
-from conftest import TOL
 from torch.func import functional_call, grad, vmap
 
 import symcoherence as sc
 from symcoherence.models import FNO2d, GroupAveraged, UNet2d, ViT2d
 from symcoherence.models.base import build_from_spec
 from symcoherence.models.fno import SpectralConv2d
+from symcoherence.testing import TOLERANCES as TOL
 from symcoherence.testing import assert_equivariant, equivariance_defect
 
 SCALAR = sc.FieldType(["scalar"])

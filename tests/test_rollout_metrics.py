@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from conftest import TOL
 
 from symcoherence.models.rollout_metrics import (
     autoregressive_rollout,
@@ -14,6 +13,7 @@ from symcoherence.models.rollout_metrics import (
     radial_energy_spectrum,
     spectrum_error,
 )
+from symcoherence.testing import TOLERANCES as TOL
 
 
 def _trajectory(batch=2, steps=4, channels=2, grid=8, seed=0):

@@ -10,10 +10,13 @@ Example:
 
 from symcoherence.testing.equivariance import assert_equivariant, equivariance_defect
 from symcoherence.testing.reference import reference_grads, reference_orbit_influence
+from symcoherence.testing.tolerances import TOLERANCES, tolerance_for
 
 __all__ = [
+    "TOLERANCES",
     "assert_equivariant",
     "equivariance_defect",
     "reference_grads",
     "reference_orbit_influence",
+    "tolerance_for",
 ]

@@ -1,4 +1,4 @@
-"""OrbitInfluence: normalizations, summaries (DESIGN §3.3 keys), rebuilding, breakdown, bad input."""
+"""OrbitInfluence: normalizations, summaries (logged key names), rebuilding, breakdown, bad input."""
 
 import math
 
@@ -24,14 +24,21 @@ def hand_built(normalization="none"):
     )
 
 
-def test_summary_has_exactly_the_design_keys_and_known_values():
+def test_summary_has_exactly_the_logged_keys_and_known_values():
     summary = hand_built().summary(prefix="val/")
-    expected_keys = {f"val/influence/G/{g}/{s}" for g in "eabc" for s in ("median", "q1", "q3")}
-    expected_keys |= {f"val/coherence/G/ratio/{g}" for g in "eabc"}
+    # N = 3 probes: medians, quartiles, ratios and baselines exist; the specific coupling needs a
+    # spread of two off-diagonal values, which the constant off-diagonals here do not have, and
+    # the transfer needs bra norms, which a hand-built result does not record.
+    stats = ("median", "q1", "q3", "median_lo", "median_hi")
+    expected_keys = {f"val/influence/G/{g}/{s}" for g in "eabc" for s in stats}
+    expected_keys |= {f"val/coherence/G/ratio{b}/{g}" for g in "eabc" for b in ("", "_lo", "_hi")}
+    expected_keys |= {f"val/baseline/G/{g}/offdiag_median" for g in "eabc"}
     expected_keys |= {
         "val/coherence/G/orbit",
         "val/basin/G/compatibility",
         "val/baseline/G/offdiag_median",
+        "val/measurement/G/degenerate_rows",
+        "val/measurement/G/zero_gradients",
     }
     assert set(summary) == expected_keys
     assert summary["val/influence/G/a/median"] == 1.0
@@ -44,6 +51,9 @@ def test_summary_has_exactly_the_design_keys_and_known_values():
     assert summary["val/coherence/G/orbit"] == pytest.approx((0.5 + 1.5 + 0.25) / 3)
     assert summary["val/basin/G/compatibility"] == 0.25
     assert summary["val/baseline/G/offdiag_median"] == pytest.approx(0.2 / 2.0)
+    assert summary["val/baseline/G/a/offdiag_median"] == pytest.approx(0.2 / 2.0)
+    assert summary["val/coherence/G/ratio_lo/e"] == summary["val/coherence/G/ratio_hi/e"] == 1.0
+    assert summary["val/measurement/G/degenerate_rows"] == 0.0
     assert all(isinstance(v, float) for v in summary.values())
 
 
@@ -52,8 +62,10 @@ def test_equivariance_keys_and_rank_correlation():
     summary = hand_built().summary(equivariance=errors)
     assert summary["equivariance/G/a/median"] == 5.0
     assert summary["equivariance/G/a/q3"] == 5.5
-    # ρ = (0.5, 1.5, 0.25) and E = (5, 1, 9) over g ≠ e: exactly reversed ranks
+    # ρ = (0.5, 1.5, 0.25) and |log E| at q3 = (log 5.5, log 1.05, log 9.5) over g ≠ e: exactly
+    # reversed ranks; 2 of the 3! = 6 orderings reach |r| = 1, so the permutation p-value is 1/3
     assert summary["basin/G/influence_error_rank_corr"] == pytest.approx(-1.0)
+    assert summary["basin/G/influence_error_rank_corr_pvalue"] == pytest.approx(1 / 3)
     tied = hand_built().summary(equivariance=torch.ones(4, 3))
     assert "basin/G/influence_error_rank_corr" not in tied  # constant errors: undefined, omitted
     round_off = torch.ones(4, 3) + torch.tensor([0.0, 3e-12, -2e-12, 1e-12])[:, None]
@@ -66,7 +78,7 @@ def test_equivariance_keys_and_rank_correlation():
         hand_built().summary(equivariance=errors[:2])
 
 
-def test_standard_normalization_divides_rows_by_their_std_and_zero_rows_stay_zero():
+def test_standard_normalization_divides_rows_by_their_std_and_degenerate_rows_are_nan():
     matrix = torch.tensor(
         [[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [4.0, 4.0, 4.0]]], dtype=torch.float64
     )
@@ -75,7 +87,10 @@ def test_standard_normalization_divides_rows_by_their_std_and_zero_rows_stay_zer
     torch.testing.assert_close(
         normalized[0, 0], torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
     )  # std 1
-    assert normalized[0, 1].eq(0).all() and normalized[0, 2].eq(0).all()  # vanishing: 0, not NaN
+    assert normalized[0, 1:].isnan().all()  # no spread: no normalized value, never a silent 0
+    assert result.degenerate_rows == 2
+    assert result.summary()["measurement/G/degenerate_rows"] == 2.0
+    assert result.summary()["influence/G/e/median"] == 1.0  # only probe 0 counts: Ĥ[0, 0] = 1
 
 
 def test_cosine_normalization_and_its_vanishing_gradient_convention():
@@ -83,12 +98,15 @@ def test_cosine_normalization_and_its_vanishing_gradient_convention():
     result = OrbitInfluence(
         matrix, torch.tensor([[4.0, 0.0]]), torch.tensor([1.0, 0.0]), ("e",), "G", "cosine"
     )
+    nan = float("nan")
     torch.testing.assert_close(
-        result.normalized, torch.tensor([[[1.0, 0.0], [0.0, 0.0]]], dtype=torch.float64)
+        result.normalized,
+        torch.tensor([[[1.0, nan], [nan, nan]]], dtype=torch.float64),
+        equal_nan=True,
     )
 
 
-def test_a_fitted_probe_has_a_vanishing_gradient_and_normalizes_to_zero():
+def test_a_fitted_probe_is_a_counted_degenerate_row_with_a_warning():
     model = make("circular_conv")
     x, y = data(n=5)
     with torch.no_grad():
@@ -97,13 +115,26 @@ def test_a_fitted_probe_has_a_vanishing_gradient_and_normalizes_to_zero():
         ]  # exact fit: a_2 = 0, and b_2^g = 0 (the model is shift-equivariant)
     shifts = sc.groups.Shifts(shifts=[(1, 0), (2, 3)])
     for normalization in ("standard", "cosine"):
-        result = sc.orbit_influence(
-            model, sc.smse, x, y, shifts, SCALAR, normalization=normalization
-        )
+        with pytest.warns(RuntimeWarning, match="3 of 15 influence rows are degenerate"):
+            result = sc.orbit_influence(
+                model, sc.smse, x, y, shifts, SCALAR, normalization=normalization
+            )
         assert result.matrix[:, 2].abs().max() == 0 and result.matrix[:, :, 2].abs().max() == 0
-        assert torch.isfinite(result.normalized).all()
-        assert result.influence[:, 2].eq(0).all()
-        assert math.isfinite(result.summary()["coherence/Shifts/orbit"])
+        assert result.zero_gradients == 3 and result.degenerate_rows == 3  # probe 2, each element
+        assert result.influence[:, 2].isnan().all()
+        assert torch.isfinite(result.influence[:, [0, 1, 3, 4]]).all()
+        summary = result.summary()
+        assert math.isfinite(summary["coherence/Shifts/orbit"])
+        assert summary["measurement/Shifts/zero_gradients"] == 3.0
+
+
+def test_all_zero_gradients_are_refused_not_logged_as_zeros():
+    model = make("circular_conv")
+    x, _ = data(n=4)
+    with torch.no_grad():
+        y = model(x)  # every probe fitted exactly
+    with pytest.raises(ValueError, match="every per-sample loss gradient .* is exactly zero"):
+        sc.orbit_influence(model, sc.smse, x, y, D4, SCALAR)
 
 
 def test_concatenating_element_subsets_rebuilds_the_whole():
@@ -169,42 +200,46 @@ def test_per_module_breakdown_adds_up_to_the_whole(metric):
     torch.testing.assert_close(result.by_module["0"], only_first.matrix, **TOL["fp64"])
 
 
-def bad_calls():
-    x, y = data()
-    model = make("circular_conv")
-    ok = dict(model=model, loss_fn=sc.smse, inputs=x, targets=y, group=D4, field_type=PSEUDO)
+def _sgd_stepped(model, x):
     sgd = torch.optim.SGD(model.parameters(), lr=0.1)
     model(x).sum().backward()
     sgd.step()
-    return [
-        ({"targets": y[:3]}, "same number of samples"),
-        ({"field_type": sc.FieldType(["vector"])}, "has 2 channels but inputs has 1"),
-        ({"target_field_type": sc.FieldType(["vector"])}, "but targets has 1"),
-        ({"inputs": x[0]}, r"must be a batch of fields \(N, C, H, W\)"),
-        ({"metric": "fisher"}, "unknown metric 'fisher'"),
-        ({"normalization": "zscore"}, "unknown normalization 'zscore'"),
-        ({"elements": []}, "element list is empty"),
-        ({"elements": ["e", "q"]}, "unknown element 'q'"),
-        ({"elements": ["e", "e"]}, "distinct"),
-        ({"inputs": x[:1], "targets": y[:1]}, "needs N >= 2"),
-        ({"metric": "gauss_newton", "breakdown": True}, "diagonal metrics"),
-        ({"metric": "adam"}, "pass optimizer"),
-        (
-            {"metric": "adam", "optimizer": torch.optim.Adam(model.parameters())},
-            "call optimizer.step",
-        ),
-        ({"metric": "adam", "optimizer": sgd}, "not Adam-like"),
-        ({"parameter_filter": lambda n, p: False}, "no parameter selected"),
-        ({"parameter_filter": ["0.weight", "nope"]}, "unknown parameter name"),
-        ({"chunk_size": 0}, "chunk_size must be a positive int"),
-    ], ok
+    return sgd
 
 
-def test_bad_input_gives_clear_errors():
-    cases, ok = bad_calls()
-    for change, message in cases:
-        with pytest.raises(ValueError, match=message):
-            sc.orbit_influence(**{**ok, **change})
+BAD_CALLS = [
+    ({"targets": lambda x, y, m: y[:3]}, "same number of samples"),
+    ({"field_type": lambda x, y, m: sc.FieldType(["vector"])}, "has 2 channels but inputs has 1"),
+    ({"target_field_type": lambda x, y, m: sc.FieldType(["vector"])}, "but targets has 1"),
+    ({"inputs": lambda x, y, m: x[0]}, r"must be a batch of fields \(N, C, H, W\)"),
+    ({"metric": "fisher"}, "unknown metric 'fisher'"),
+    ({"normalization": "zscore"}, "unknown normalization 'zscore'"),
+    ({"elements": []}, "element list is empty"),
+    ({"elements": ["e", "q"]}, "unknown element 'q'"),
+    ({"elements": ["e", "e"]}, "distinct"),
+    ({"inputs": lambda x, y, m: x[:1], "targets": lambda x, y, m: y[:1]}, "needs N >= 2"),
+    ({"metric": "gauss_newton", "breakdown": True}, "diagonal metrics"),
+    ({"metric": "adam"}, "pass optimizer"),
+    (
+        {"metric": "adam", "optimizer": lambda x, y, m: torch.optim.Adam(m.parameters())},
+        "call optimizer.step",
+    ),
+    ({"metric": "adam", "optimizer": lambda x, y, m: _sgd_stepped(m, x)}, "not Adam-like"),
+    ({"parameter_filter": lambda x, y, m: lambda n, p: False}, "no parameter selected"),
+    ({"parameter_filter": ["0.weight", "nope"]}, "unknown parameter name"),
+    ({"chunk_size": 0}, "chunk_size must be a positive int"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_CALLS)
+def test_bad_input_gives_clear_errors(change, message):
+    x, y = data()
+    model = make("circular_conv")
+    call = dict(model=model, loss_fn=sc.smse, inputs=x, targets=y, group=D4, field_type=PSEUDO)
+    for name, value in change.items():
+        call[name] = value(x, y, model) if callable(value) else value
+    with pytest.raises(ValueError, match=message):
+        sc.orbit_influence(**call)
 
 
 def test_batch_norm_in_training_mode_is_refused_and_eval_mode_leaves_statistics_alone():

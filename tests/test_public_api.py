@@ -45,7 +45,10 @@ def test_solver_datamodule_models_and_callback_are_reachable():
     trajectory = solver.rollout(omega0, torch.tensor([0.0, 0.01]))
     assert trajectory.shape == (2, 2, 16, 16)
     torch.testing.assert_close(solver.vorticity(solver.velocity(omega0)), omega0)
-    assert sc.data.NavierStokesDataModule(n=16).symmetry_group.name == "D4"
+    data = sc.data.NavierStokesDataModule(n=16)
+    assert data.diagnostic_group.name == "D4"  # what the monitor measures by default
+    assert len(data.symmetry_group.elements) == 8 * 16**2  # every rotation, reflection and shift
+    assert all(element in data.symmetry_group for element in ("e", "r", "sr3"))
     for name in ("UNet2d", "FNO2d", "ViT2d", "GroupAveraged", "EmulatorModule"):
         assert hasattr(sc.models, name)
     assert issubclass(sc.OrbitCoherenceMonitor, __import__("lightning").pytorch.Callback)

@@ -1,22 +1,23 @@
-"""One firing of :class:`~symcoherence.callbacks.OrbitCoherenceMonitor`: compute, agree, gather.
+"""One firing of :class:`~symcoherence.callbacks.OrbitCoherenceMonitor`: measure, agree, gather.
 
-Each rank measures its share of the group elements with the engine of
-:mod:`symcoherence.coherence`; the ranks then agree on success (a failure or a non-finite value on
-any rank fails the firing everywhere) and gather the shares. The share depends on the metric:
+Each rank measures its share of the group elements with
+:func:`symcoherence.coherence.measure`; the ranks then agree on success (a failure or a non-finite
+value on any rank fails the firing everywhere) and gather the shares. The share depends on the
+metric:
 
-* element-separable metrics (``Metric.element_separable``, e.g. ``identity``, ``adam``,
-  Gauss–Newton with ``cg``): the elements are split across ranks in contiguous shares and the
-  shares are gathered and concatenated in element order;
-* other metrics (e.g. Gauss–Newton with ``subspace``, whose Galerkin basis is built from all the
-  bra gradients): every rank measures all elements, on the same parameters and probe set, so every
+* element-separable metrics (``Metric.element_separable``, e.g. ``identity``, ``adam``, the
+  probe-batch Gauss–Newton reference): the elements are split across ranks in contiguous shares
+  and the shares are gathered and concatenated in element order;
+* other metrics (e.g. Gauss–Newton ``subspace``, whose Galerkin basis is built from all the bra
+  gradients): every rank measures all elements, on the same parameters and probe set, so every
   rank holds the whole result and nothing is gathered.
 
 Every rank enters every collective, whatever happened on it, so no rank waits forever.
 
 Example:
     >>> from symcoherence.callbacks._firing import share
-    >>> from symcoherence.coherence import GaussNewton
-    >>> share(["e", "r", "r2"], GaussNewton(solver="cg"), rank=1, world_size=2)
+    >>> from symcoherence.coherence import Identity, GaussNewton
+    >>> share(["e", "r", "r2"], Identity(), rank=1, world_size=2)
     ['r2']
     >>> share(["e", "r", "r2"], GaussNewton(solver="subspace"), rank=1, world_size=2)
     ['e', 'r', 'r2']
@@ -28,61 +29,9 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
-from torch import nn
 
 from symcoherence.callbacks import _distributed as distributed
-from symcoherence.callbacks._probes import LossFn
-from symcoherence.coherence import (
-    OrbitInfluence,
-    equivariance_error,
-    orbit_influence,
-    resolve_metric,
-    rollout_equivariance_error,
-)
-from symcoherence.coherence.metrics import Metric
-from symcoherence.groups import FieldType, Group
-
-
-@dataclasses.dataclass
-class Part:
-    """What one rank measured for its elements (tensors on the CPU, so every backend pickles them).
-
-    Attributes:
-        influence: the orbit influence of the rank's elements (``None`` for an empty share).
-        equivariance: ``(K, N)`` forward equivariance errors, when requested.
-        rollout: ``(K, N)`` rollout equivariance errors, when requested.
-    """
-
-    influence: OrbitInfluence | None = None
-    equivariance: torch.Tensor | None = None
-    rollout: torch.Tensor | None = None
-
-    def non_finite(self) -> list[str]:
-        """Names of the results holding NaN or Inf."""
-        bad = [
-            name
-            for name in ("equivariance", "rollout")
-            if getattr(self, name) is not None
-            and not bool(torch.isfinite(getattr(self, name)).all())
-        ]
-        if self.influence is not None and not bool(torch.isfinite(self.influence.matrix).all()):
-            bad.append("influence matrix")
-        return bad
-
-    @classmethod
-    def merge(cls, parts: Sequence[Part]) -> Part:
-        """One part from the parts of disjoint, ordered element shares (empty shares skipped)."""
-        present = [p for p in parts if p.influence is not None]
-
-        def joined(name: str) -> torch.Tensor | None:
-            values = [getattr(p, name) for p in present]
-            return None if values[0] is None else torch.cat(values)
-
-        return cls(
-            OrbitInfluence.concatenate([p.influence for p in present]),
-            joined("equivariance"),
-            joined("rollout"),
-        )
+from symcoherence.coherence import Measurement, Metric
 
 
 @dataclasses.dataclass
@@ -95,7 +44,7 @@ class Outcome:
         error: this rank's exception, if it raised one.
     """
 
-    result: Part | None
+    result: Measurement | None
     messages: list[str | None]
     error: BaseException | None
 
@@ -110,65 +59,10 @@ def share(elements: Sequence[str], metric: Metric, rank: int, world_size: int) -
     return list(elements)
 
 
-def firing_metric(metric: str | Metric, optimizer: torch.optim.Optimizer | None) -> Metric:
-    """The metric object of a firing; ``"adam"`` reads the training optimizer."""
-    if metric == "adam" and optimizer is None:
-        raise ValueError("metric='adam' reads the training optimizer, but the trainer has none")
-    return resolve_metric(metric, optimizer)
-
-
-def compute(
-    model: nn.Module,
-    loss_fn: LossFn,
-    probe: tuple[torch.Tensor, torch.Tensor],
-    group: Group,
-    elements: Sequence[str],
-    metric: Metric,
-    *,
-    field_type: FieldType,
-    target_field_type: FieldType,
-    normalization: str,
-    chunk_size: int | str | None,
-    equivariance: bool,
-    rollout_steps: int,
-) -> Part:
-    """Measure ``elements`` with the engine: influence, and the requested equivariance errors."""
-    if not elements:
-        return Part()
-    inputs, targets = probe
-    types = {"field_type": field_type, "target_field_type": target_field_type}
-    part = Part(
-        _to_cpu(
-            orbit_influence(
-                model,
-                loss_fn,
-                inputs,
-                targets,
-                group,
-                elements=elements,
-                metric=metric,
-                normalization=normalization,
-                chunk_size=chunk_size,
-                **types,
-            )
-        )
-    )
-    if equivariance:
-        part.equivariance = equivariance_error(
-            model, loss_fn, inputs, targets, group, elements=elements, **types
-        ).cpu()
-    if rollout_steps:
-        part.rollout = rollout_equivariance_error(
-            model, loss_fn, inputs, group, field_type, steps=rollout_steps, elements=elements
-        ).cpu()
-    return part
-
-
 def measure_collectively(
-    work: Callable[[list[str], Metric], Part],
+    work: Callable[[list[str], Metric], Measurement],
     elements: Sequence[str],
-    metric: str | Metric,
-    optimizer: torch.optim.Optimizer | None,
+    resolve: Callable[[], Metric],
     device: torch.device | str,
 ) -> Outcome:
     """Run ``work(share, metric)`` on this rank's share, agree on success and gather the shares.
@@ -176,20 +70,20 @@ def measure_collectively(
     Every rank must call it at the same point: it enters collectives, also after a failure.
 
     Args:
-        work: measures the given elements with the given metric (see :func:`compute`).
+        work: measures the given elements with the given metric.
         elements: all elements of the firing, identity first.
-        metric: the monitor's metric (a shorthand or a ``Metric``).
-        optimizer: the training optimizer, for ``"adam"``.
+        resolve: returns the firing's metric object (may raise, e.g. ``adam`` without optimizer).
         device: where the agreement's tensor lives (a CUDA device for the NCCL backend).
     """
     rank, world_size = distributed.rank_and_world_size()
-    part: Part | None = None
+    part: Measurement | None = None
     error: BaseException | None = None
     separable = True
     try:
-        resolved = firing_metric(metric, optimizer)
-        separable = resolved.element_separable
-        part = work(share(elements, resolved, rank, world_size), resolved)
+        metric = resolve()
+        separable = metric.element_separable
+        mine = share(elements, metric, rank, world_size)
+        part = work(mine, metric).cpu() if mine else None
     except Exception as err:  # every failure must reach the agreement below
         error = err
     message = None if error is None else f"{type(error).__name__}: {error}"
@@ -200,20 +94,5 @@ def measure_collectively(
         )
     if not distributed.all_ranks_agree(message is None, device=device):
         return Outcome(None, distributed.all_gather_objects(message), error)
-    assert part is not None
     parts = distributed.all_gather_objects(part) if separable else [part]
-    return Outcome(Part.merge(parts), [], None)
-
-
-def _to_cpu(result: OrbitInfluence) -> OrbitInfluence:
-    """The same result with its tensors on the CPU (picklable by every process-group backend)."""
-    by_module = (
-        None if result.by_module is None else {k: v.cpu() for k, v in result.by_module.items()}
-    )
-    return dataclasses.replace(
-        result,
-        matrix=result.matrix.cpu(),
-        bra_self=result.bra_self.cpu(),
-        ket_self=result.ket_self.cpu(),
-        by_module=by_module,
-    )
+    return Outcome(Measurement.concatenate([p for p in parts if p is not None]), [], None)

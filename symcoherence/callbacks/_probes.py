@@ -1,8 +1,8 @@
-"""Probe set and configuration checks of :class:`~symcoherence.callbacks.OrbitCoherenceMonitor`.
+"""Probe set, model and loss of :class:`~symcoherence.callbacks.OrbitCoherenceMonitor`.
 
-Checks the constructor's arguments, converts field types, finds the model and loss to
-differentiate, draws the fixed, seeded probe set (from the datamodule's ``probe_batch`` or its dataloaders' datasets) and checks
-field types, group, model modes and model output against the data before the first measurement.
+Finds the model and loss to differentiate, draws the fixed, seeded probe set (from the datamodule's
+``probe_batch`` or its dataloaders' datasets) and checks field types, group, model modes and model
+output against the data before the first measurement.
 
 Example:
     >>> import torch
@@ -16,109 +16,16 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from symcoherence.coherence import METRIC_NAMES, NORMALIZATIONS, smse
-from symcoherence.coherence.metrics import Metric
+from symcoherence.coherence import LossFn, MeasurementSpec, smse
 from symcoherence.coherence.per_sample import check_modes
-from symcoherence.groups import FieldType, Group
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SPLITS = ("train", "val", "test")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def _positive_int_or_none(value: Any, name: str) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
-
-
-def check_arguments(
-    *,
-    elements: Sequence[str] | None,
-    metric: str | Metric,
-    normalization: str,
-    every_n_train_steps: int | None,
-    every_n_epochs: int | None,
-    probe_size: int,
-    probe_split: str,
-    probe_seed: int,
-    rollout_steps: int,
-    chunk_size: int | str | None,
-    on_error: str,
-    prefix: str,
-    loss_fn: LossFn | None,
-) -> None:
-    """Raise a ``ValueError`` or ``TypeError`` naming the fix for an invalid monitor argument.
-
-    The arguments are those of :class:`~symcoherence.callbacks.OrbitCoherenceMonitor`; the group
-    and field types are checked where they are resolved.
-    """
-    if not (isinstance(metric, Metric) or metric in METRIC_NAMES):
-        raise ValueError(
-            f"metric must be one of {list(METRIC_NAMES)} or a symcoherence.coherence.Metric, got {metric!r}"
-        )
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(
-            f"normalization must be one of {list(NORMALIZATIONS)}, got {normalization!r}"
-        )
-    _positive_int_or_none(every_n_train_steps, "every_n_train_steps")
-    _positive_int_or_none(every_n_epochs, "every_n_epochs")
-    if every_n_train_steps is None and every_n_epochs is None:
-        raise ValueError(
-            "the monitor would never measure: set every_n_train_steps=<n> and/or "
-            "every_n_epochs=<n> (or remove the callback)"
-        )
-    if isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 2:
-        raise ValueError(
-            f"probe_size must be an integer >= 2 (the normalization and the off-diagonal "
-            f"baseline need several probes; 48 is the default), got {probe_size!r}"
-        )
-    if probe_split not in SPLITS:
-        raise ValueError(f"probe_split must be one of {list(SPLITS)}, got {probe_split!r}")
-    if isinstance(probe_seed, bool) or not isinstance(probe_seed, int):
-        raise TypeError(f"probe_seed must be an int, got {probe_seed!r}")
-    if isinstance(rollout_steps, bool) or not isinstance(rollout_steps, int) or rollout_steps < 0:
-        raise ValueError(
-            f"rollout_steps must be an integer >= 0 (0 disables), got {rollout_steps!r}"
-        )
-    if not (
-        chunk_size in ("auto", None)
-        or (isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size > 0)
-    ):
-        raise ValueError(
-            f"chunk_size must be 'auto', None or a positive integer, got {chunk_size!r}"
-        )
-    if on_error not in ("warn", "raise"):
-        raise ValueError(f"on_error must be 'warn' or 'raise', got {on_error!r}")
-    if not isinstance(prefix, str):
-        raise TypeError(
-            f"prefix must be a string such as '' or 'probe/', got {type(prefix).__name__}"
-        )
-    if loss_fn is not None and not callable(loss_fn):
-        raise TypeError(
-            f"loss_fn must be callable as loss_fn(pred, target) -> scalar, got {type(loss_fn).__name__}"
-        )
-    if elements is not None and (isinstance(elements, str) or not elements):
-        raise ValueError(
-            f"elements must be a non-empty list of element names such as ['e', 'r'], got {elements!r}"
-        )
-
-
-def as_field_type(value: FieldType | Sequence[str] | None, name: str) -> FieldType | None:
-    """``value`` as a :class:`FieldType` (a list of kinds is converted); ``None`` stays ``None``."""
-    if value is None or isinstance(value, FieldType):
-        return value
-    if isinstance(value, (list, tuple)):
-        return FieldType(value)
-    raise TypeError(
-        f"{name} must be a FieldType (e.g. FieldType(['pseudoscalar'])) or a list of kinds, "
-        f"got {type(value).__name__}"
-    )
 
 
 def probe_fingerprint(inputs: torch.Tensor, targets: torch.Tensor) -> str:
@@ -159,23 +66,39 @@ def compute_dtype(pl_module: nn.Module) -> torch.dtype:
     return torch.float64 if floats and floats[0] == torch.float64 else torch.float32
 
 
+def declared_defaults(datamodule: Any) -> dict[str, Any]:
+    """What the data declare for a measurement: group and field types (``None`` where absent).
+
+    The group is the datamodule's ``diagnostic_group`` (the small group the monitor measures by
+    default), else its ``symmetry_group``.
+    """
+    group = getattr(datamodule, "diagnostic_group", None)
+    if group is None:
+        group = getattr(datamodule, "symmetry_group", None)
+    return {
+        "group": group,
+        "field_type": getattr(datamodule, "field_type", None),
+        "target_field_type": getattr(datamodule, "target_field_type", None),
+    }
+
+
 def draw_probe(
-    trainer: Any, pl_module: nn.Module, size: int, split: str, seed: int
+    datamodule: Any, pl_module: nn.Module, size: int, split: str, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Draw the fixed probe set ``(inputs (N, C, H, W), targets, identity)``.
 
-    From ``trainer.datamodule.probe_batch(size, split=split, seed=seed)`` when the datamodule has
-    it; otherwise ``size`` distinct items of the ``{split}_dataloader()`` dataset, chosen by a
-    generator seeded with ``seed`` (the global RNG is not used). ``identity`` records the source,
-    split, seed, size, the indices (dataset draw) and a SHA-256 of the tensors.
+    From ``datamodule.probe_batch(size, split=split, seed=seed)`` when the datamodule has it;
+    otherwise ``size`` distinct items of the ``{split}_dataloader()`` dataset of the datamodule (or
+    of ``pl_module`` without one), chosen by a generator seeded with ``seed`` (the global RNG is
+    not used). ``identity`` records the source, split, seed, size, the indices (dataset draw) and a
+    SHA-256 of the tensors.
     """
-    datamodule = trainer.datamodule
     identity: dict[str, Any] = {"split": split, "seed": seed, "size": size}
     if callable(getattr(datamodule, "probe_batch", None)):
         inputs, targets = datamodule.probe_batch(size, split=split, seed=seed)
         identity["source"] = "probe_batch"
     else:
-        dataset = _dataset(trainer, pl_module, split)
+        dataset = _dataset(datamodule, pl_module, split)
         if len(dataset) < size:
             raise ValueError(
                 f"the {split} dataset has {len(dataset)} samples but probe_size={size}; lower "
@@ -204,11 +127,11 @@ def draw_probe(
     return inputs.to(device, dtype), targets.to(device, dtype), identity
 
 
-def _dataset(trainer: Any, pl_module: nn.Module, split: str) -> Any:
+def _dataset(datamodule: Any, pl_module: nn.Module, split: str) -> Any:
     from lightning.pytorch.utilities.model_helpers import is_overridden
 
     hook = f"{split}_dataloader"
-    source = trainer.datamodule if trainer.datamodule is not None else pl_module
+    source = datamodule if datamodule is not None else pl_module
     if not is_overridden(hook, source):
         raise ValueError(
             f"no probe data: {type(source).__name__} has neither probe_batch(n, split, seed) nor "
@@ -229,13 +152,7 @@ def _dataset(trainer: Any, pl_module: nn.Module, split: str) -> Any:
 
 
 def check_configuration(
-    group: Group,
-    elements: Sequence[str],
-    field_type: FieldType,
-    target_field_type: FieldType,
-    model: nn.Module,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
+    spec: MeasurementSpec, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
 ) -> None:
     """Raise a ``ValueError`` naming the fix unless data, group and model fit together.
 
@@ -243,6 +160,8 @@ def check_configuration(
     normalizes with batch statistics or draws dropout masks in the mode the model is measured in;
     the model maps one probe input to the shape of one target.
     """
+    group, elements = spec.group, spec.measured_elements
+    field_type, target_field_type = spec.field_type, spec.output_field_type
     for kind, tensor, name, argument in (
         (field_type, inputs, "probe inputs", "field_type"),
         (target_field_type, targets, "probe targets", "target_field_type"),

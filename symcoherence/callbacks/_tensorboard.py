@@ -1,60 +1,37 @@
-r"""What :class:`~symcoherence.callbacks.OrbitCoherenceMonitor` logs for one firing.
+r"""What only TensorBoard shows of a firing of :class:`~symcoherence.callbacks.OrbitCoherenceMonitor`.
 
-The scalars of a firing (:func:`firing_scalars`) reach every logger through Lightning; this module
-also writes what only TensorBoard shows: a figure per firing (influence per element beside the forward equivariance error per element), the
-``(K, N)`` influence heatmap, histograms of ``I_n(g)``, one custom-scalars layout (a chart per group
-with a line per element) and the final basin compatibility as an hparams metric. Matplotlib is
-imported lazily with the non-interactive Agg backend.
-
-Tags follow DESIGN §3.3, so TensorBoard groups them with the scalars of the same family:
-``{prefix}influence/{group}/figure``, ``{prefix}influence/{group}/heatmap``,
-``{prefix}influence/{group}/{element}`` (histogram).
+Scalars reach every logger through Lightning; this module writes the rest: a figure per firing
+(:func:`symcoherence.plotting.summary_figure`), the ``(K, N)`` influence heatmap
+(:func:`symcoherence.plotting.heatmap_figure`), histograms of ``I_n(g)``, one custom-scalars layout
+(a chart per statistic with a line per element) and the final basin compatibility as an hparams
+metric. Tags share the first path segment of the scalars they belong to, so TensorBoard groups
+them together: ``{prefix}influence/{group}/figure``, ``…/heatmap``, ``…/{element}`` (histogram).
 
 Example:
     >>> from symcoherence.callbacks._tensorboard import layout_for
-    >>> chart = layout_for("", "D4xShifts", ["e", "r|x1y0"])["coherence/D4xShifts"]
-    >>> chart["ratio per element"][1][1]
+    >>> from symcoherence.coherence import Keys
+    >>> chart = layout_for(Keys("D4xShifts"), ["e", "r|x1y0"])["coherence/D4xShifts"]
+    >>> chart["ratio ρ(g) per element"][1][1]
     '^coherence/D4xShifts/ratio/r\\|x1y0$'
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
-
-from symcoherence.callbacks._firing import Part
-from symcoherence.coherence.summary import quantiles
-
-log = logging.getLogger(__name__)
+from symcoherence.coherence import Keys, Measurement
 
 _LAYOUT_ATTRIBUTE = "_symcoherence_custom_scalars"
-
-
-def firing_scalars(result: Part, prefix: str, group: str, rollout_steps: int) -> dict[str, float]:
-    """The finite scalars of one firing, under DESIGN §3.3 keys.
-
-    The summary of :meth:`~symcoherence.coherence.OrbitInfluence.summary` (with the forward
-    equivariance errors when measured), plus median and q3 of the rollout equivariance error per
-    element as ``{prefix}equivariance/{group}/rollout{steps}/{element}/median`` (and ``/q3``).
-    Undefined (non-finite) statistics are left out.
-    """
-    assert result.influence is not None
-    scalars = result.influence.summary(prefix=prefix, equivariance=result.equivariance)
-    if result.rollout is not None:
-        stats = quantiles(result.rollout, [0.5, 0.75])
-        base = f"{prefix}equivariance/{group}/rollout{rollout_steps}"
-        for k, element in enumerate(result.influence.elements):
-            scalars[f"{base}/{element}/median"] = float(stats[0, k])
-            scalars[f"{base}/{element}/q3"] = float(stats[1, k])
-    dropped = [key for key, value in scalars.items() if not math.isfinite(value)]
-    if dropped:
-        log.info("not logging undefined (non-finite) statistics %s", dropped)
-    return {key: value for key, value in scalars.items() if math.isfinite(value)}
+_CHARTS = (
+    ("ratio ρ(g) per element", "ratio"),
+    ("specific coupling per element", "coupling"),
+    ("distribution transfer per element", "transfer"),
+    ("influence median per element", "influence"),
+    ("equivariance error median per element", "equivariance"),
+)
 
 
 def find_tensorboard_writer(loggers: Sequence[Any]) -> Any | None:
@@ -67,124 +44,56 @@ def find_tensorboard_writer(loggers: Sequence[Any]) -> Any | None:
     return None
 
 
-def summary_figure(
-    elements: Sequence[str],
-    influence: torch.Tensor,
-    equivariance: torch.Tensor | None,
-    title: str,
-) -> Any:
-    """Median and quartiles of ``I_n(g)`` per element, beside ``E_n(g)`` per element.
-
-    Args:
-        elements: the ``K`` element names.
-        influence: ``(K, N)`` normalized diagonal influence ``I_n(g)``.
-        equivariance: ``(K, N)`` forward equivariance errors ``E_n(g)``, or ``None``.
-        title: figure title.
-
-    Returns:
-        A matplotlib ``Figure`` (the caller closes it).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    columns = 1 if equivariance is None else 2
-    figure = Figure(figsize=(4.5 * columns, 3.2), layout="constrained")
-    axes = figure.subplots(1, columns, squeeze=False)[0]
-    positions = list(range(len(elements)))
-    panels = [(axes[0], influence, "influence $I_n(g)$", False)]
-    if equivariance is not None:
-        panels.append((axes[1], equivariance, "equivariance error $E_n(g)$", True))
-    for ax, values, label, log_scale in panels:
-        q1, median, q3 = quantiles(values.detach().cpu(), [0.25, 0.5, 0.75])
-        ax.errorbar(
-            positions,
-            median.numpy(),
-            yerr=torch.stack([median - q1, q3 - median]).clamp_min(0).numpy(),
-            fmt="o",
-            capsize=3,
-        )
-        ax.set_xticks(positions, list(elements), rotation=45 if len(elements) > 8 else 0)
-        ax.set_ylabel(label)
-        if log_scale and bool((q1 > 0).all()):
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-    figure.suptitle(title)
-    return figure
-
-
-def heatmap_image(values: torch.Tensor, pixels_per_row: int = 4) -> torch.Tensor:
-    """``(K, N)`` values as a ``(3, K·pixels_per_row, N)`` RGB image on a symmetric colour scale.
-
-    Rows are elements, columns probe samples; the ``RdBu`` colour map is centred on 0.
-    """
-    from matplotlib import colormaps
-
-    values = values.detach().double().cpu()
-    scale = float(values.abs().max())
-    scaled = 0.5 + 0.5 * values / (scale if scale > 0 else 1.0)
-    rgba = torch.from_numpy(colormaps["RdBu_r"](scaled.numpy()))  # (K, N, 4)
-    image = rgba[..., :3].permute(2, 0, 1).float()
-    return image.repeat_interleave(pixels_per_row, dim=1)
-
-
 def log_firing(
-    writer: Any,
-    prefix: str,
-    group: str,
-    elements: Sequence[str],
-    influence: torch.Tensor,
-    equivariance: torch.Tensor | None,
-    step: int,
-    figures: bool,
+    writer: Any, keys: Keys, measurement: Measurement, step: int, figures: bool, title: str
 ) -> None:
     """Write the histograms and (when ``figures``) the figure and heatmap of one firing."""
-    base = f"{prefix}influence/{group}"
-    for element, values in zip(elements, influence, strict=True):
-        writer.add_histogram(f"{base}/{element}", values.detach().double().cpu(), step)
+    from symcoherence.plotting import heatmap_figure, summary_figure
+
+    base = keys.section("influence")
+    influence = measurement.influence.influence.detach().double().cpu()
+    for element, values in zip(measurement.elements, influence, strict=True):
+        finite = values[values.isfinite()]
+        if finite.numel():
+            writer.add_histogram(f"{base}/{element}", finite, step)
     if not figures:
         return
-    figure = summary_figure(elements, influence, equivariance, f"{group}, step {step}")
-    writer.add_figure(f"{base}/figure", figure, step, close=True)
-    writer.add_image(f"{base}/heatmap", heatmap_image(influence), step)
+    writer.add_figure(
+        f"{base}/figure", summary_figure(measurement.summary(), title), step, close=True
+    )
+    writer.add_figure(
+        f"{base}/heatmap",
+        heatmap_figure(influence, measurement.elements, f"I_n(g) per probe — {title}"),
+        step,
+        close=True,
+    )
 
 
-def layout_for(prefix: str, group: str, elements: Sequence[str]) -> dict[str, dict[str, list]]:
-    """Custom-scalars category for one group: charts with one regex-escaped line per element.
+def layout_for(keys: Keys, elements: Sequence[str]) -> dict[str, dict[str, list]]:
+    """Custom-scalars category for one group: a chart per statistic, a line per element.
 
     Element names may contain regex metacharacters (``"r|x1y0"``), hence :func:`re.escape`.
     """
 
-    def lines(pattern: str) -> list[str]:
-        return [
-            "^" + re.escape(pattern.format(prefix=prefix, group=group, element=element)) + "$"
-            for element in elements
-        ]
+    def lines(family: str) -> list[str]:
+        pattern = keys.layout_pattern(family)
+        return ["^" + re.escape(pattern.format(element=element)) + "$" for element in elements]
 
     return {
-        f"{prefix}coherence/{group}": {
-            "ratio per element": ["Multiline", lines("{prefix}coherence/{group}/ratio/{element}")],
-            "influence median per element": [
-                "Multiline",
-                lines("{prefix}influence/{group}/{element}/median"),
-            ],
-            "equivariance median per element": [
-                "Multiline",
-                lines("{prefix}equivariance/{group}/{element}/median"),
-            ],
+        keys.section("coherence"): {
+            title: ["Multiline", lines(family)] for title, family in _CHARTS
         }
     }
 
 
-def write_layout(writer: Any, prefix: str, group: str, elements: Sequence[str]) -> None:
+def write_layout(writer: Any, keys: Keys, elements: Sequence[str]) -> None:
     """Add this group's category to the writer's single custom-scalars layout and write it.
 
     Several monitors sharing one writer merge their categories, so the last layout written (the
     one TensorBoard shows) has a chart per group.
     """
     merged: dict[str, dict[str, list]] = getattr(writer, _LAYOUT_ATTRIBUTE, {})
-    merged.update(layout_for(prefix, group, elements))
+    merged.update(layout_for(keys, elements))
     setattr(writer, _LAYOUT_ATTRIBUTE, merged)
     writer.add_custom_scalars(merged)
 

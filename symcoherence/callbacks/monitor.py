@@ -25,10 +25,13 @@ Example:
     >>> monitor = OrbitCoherenceMonitor(group="D4", every_n_train_steps=100, every_n_epochs=None)
     >>> monitor.state_key
     "OrbitCoherenceMonitor{'group': 'D4', 'prefix': ''}"
+    >>> monitor.spec.measured_elements[:3]
+    ('e', 'r', 'r2')
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,70 +39,116 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
-from symcoherence.callbacks import _tensorboard as callback_logging
+from symcoherence.callbacks import _tensorboard as tensorboard
+from symcoherence.callbacks._firing import measure_collectively
 from symcoherence.callbacks._isolation import isolated
-from symcoherence.callbacks._firing import Part, compute, measure_collectively
 from symcoherence.callbacks._probes import (
-    LossFn,
-    as_field_type,
-    check_arguments,
+    SPLITS,
     check_configuration,
+    declared_defaults,
     draw_probe,
     find_loss,
     measured_model,
 )
-from symcoherence.coherence.metrics import Metric
-from symcoherence.groups import FieldType, Group, resolve_group
+from symcoherence.coherence import Keys, LossFn, Measurement, MeasurementSpec, Metric, measure
+from symcoherence.groups import FieldType, Group
 
 
 class MeasurementError(RuntimeError):
     """A firing failed on at least one rank and ``on_error="raise"`` was requested."""
 
 
+def _check_schedule(
+    every_n_train_steps,
+    every_n_epochs,
+    probe_size,
+    probe_split,
+    probe_seed,
+    on_error,
+    prefix,
+    loss_fn,
+) -> None:
+    for name, value in (
+        ("every_n_train_steps", every_n_train_steps),
+        ("every_n_epochs", every_n_epochs),
+    ):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+    if every_n_train_steps is None and every_n_epochs is None:
+        raise ValueError(
+            "the monitor would never measure: set every_n_train_steps=<n> and/or "
+            "every_n_epochs=<n> (or remove the callback)"
+        )
+    if isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 3:
+        raise ValueError(
+            f"probe_size must be an integer >= 3 (the normalization, the specific coupling and "
+            f"the random-pair baseline need several probes; 48 is the default), got {probe_size!r}"
+        )
+    if probe_split not in SPLITS:
+        raise ValueError(f"probe_split must be one of {list(SPLITS)}, got {probe_split!r}")
+    if isinstance(probe_seed, bool) or not isinstance(probe_seed, int):
+        raise TypeError(f"probe_seed must be an int, got {probe_seed!r}")
+    if on_error not in ("warn", "raise"):
+        raise ValueError(f"on_error must be 'warn' or 'raise', got {on_error!r}")
+    if not isinstance(prefix, str):
+        raise TypeError(
+            f"prefix must be a string such as '' or 'probe/', got {type(prefix).__name__}"
+        )
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(
+            f"loss_fn must be callable as loss_fn(pred, target) -> scalar, got {type(loss_fn).__name__}"
+        )
+
+
 class OrbitCoherenceMonitor(Callback):
-    """Log orbit influence, coherence ratios and forward equivariance errors during training.
+    """Log orbit influence, its statistics with intervals, and forward equivariance errors.
 
     Add it to any ``Trainer``. The model differentiated is ``pl_module.backbone`` when the module
     has one, else ``pl_module`` itself; the per-sample loss is ``loss_fn`` if given, else
     ``pl_module.loss_fn``, else :func:`symcoherence.smse`. ``loss_fn(pred, target)`` takes one
     unbatched sample and returns a scalar.
 
-    Scalars (DESIGN §3.3 keys, e.g. ``coherence/D4/ratio/r``, ``basin/D4/compatibility``) go to
-    every logger at ``step = trainer.global_step`` and to ``trainer.callback_metrics`` through
+    Every firing measures with :func:`symcoherence.coherence.measure` and the monitor's
+    :class:`~symcoherence.coherence.MeasurementSpec` (:attr:`spec`), so ``symcoherence analyze``
+    with the same settings reports the same numbers. Scalars (e.g. ``coherence/D4/ratio/r`` with
+    ``coherence/D4/ratio_lo/r`` and ``…_hi``, ``coherence/D4/coupling/r``,
+    ``coherence/D4/transfer/r``, ``baseline/D4/r/offdiag_median``, ``basin/D4/compatibility``,
+    ``measurement/D4/degenerate_rows``; see :class:`~symcoherence.coherence.Keys`) go to every
+    logger at ``step = trainer.global_step`` and to ``trainer.callback_metrics`` through
     ``pl_module.log(..., logger=False)``, so callbacks such as ``ModelCheckpoint`` can monitor
     them. With a TensorBoard logger the monitor also writes a figure, the influence heatmap and
     histograms per firing, one custom-scalars layout, and the final basin compatibility as an
     hparams metric.
 
-    Under data-parallel training the group elements are split across ranks in contiguous shares;
-    the parts are gathered and every rank computes the same summary (logged once, by rank 0).
-    Splitting needs a metric whose values do not depend on which elements a rank computes
-    (``Metric.element_separable``). For a metric that is not element-separable, such as
-    ``GaussNewton(solver="subspace")`` (its Galerkin basis is built from the bra gradients of all
-    elements), the elements are not split: every rank measures all of them on the same
-    parameters and probe set and holds the same result, so the values equal a single-process
-    measurement, at the cost of one rank's full measurement time on every rank.
-    A failure or a non-finite value on any rank makes every rank skip the firing with a warning
-    (``on_error="warn"``) or raise :class:`MeasurementError` (``on_error="raise"``); the ranks
-    agree through a collective that each of them enters, so none waits forever.
+    Under data-parallel training the group elements are split across ranks in contiguous shares
+    when the metric allows it (``Metric.element_separable``); the parts are gathered and every
+    rank computes the same summary (logged once, by rank 0). For a metric that is not
+    element-separable (``GaussNewton(solver="subspace")``, the orbit-batch Gauss–Newton metric)
+    every rank measures all elements on the same parameters and probe set, so the values equal a
+    single-process measurement. A failure or a non-finite value on any rank makes every rank skip
+    the firing with a warning (``on_error="warn"``) or raise :class:`MeasurementError`
+    (``on_error="raise"``); the ranks agree through a collective each of them enters.
 
     Args:
         group: a :class:`~symcoherence.groups.Group`, a name (``"D4"``, ``"C4"``), a group spec
-            or its JSON (see :func:`symcoherence.groups.resolve_group`); ``None`` or
-            ``"default"``: the datamodule's ``symmetry_group``.
+            or its JSON; ``None`` or ``"default"``: the datamodule's ``diagnostic_group`` (else
+            its ``symmetry_group``).
         elements: element names to measure (default: all); the identity is always included.
         metric: ``"identity"``, ``"adam"`` (the training optimizer's second moments),
-            ``"gauss_newton"`` or a :class:`~symcoherence.coherence.Metric`.
+            ``"gauss_newton"`` (the reference Gauss–Newton metric) or a
+            :class:`~symcoherence.coherence.Metric`.
         normalization: ``"standard"``, ``"cosine"`` or ``"none"``.
         every_n_train_steps: measure after every n-th optimizer step (``None``: never by steps).
         every_n_epochs: measure at the end of every n-th epoch (``None``: never by epochs).
-        probe_size: number ``N`` of probe pairs (at least 2).
+        probe_size: number ``N`` of probe pairs (at least 3).
         probe_split: where probes come from: ``"val"``, ``"train"`` or ``"test"``.
         probe_seed: seed of the probe draw (the global RNG is not used).
         equivariance: also log forward equivariance errors ``E_n(g)``.
         rollout_steps: if positive, also log the equivariance error of a rollout of this length.
         log_figures: write the figure and heatmap to TensorBoard (histograms are always written).
-        chunk_size: per-sample gradient chunking, passed to the engine (``"auto"``, int, ``None``).
+        chunk_size: per-sample gradient chunking (``"auto"``, a positive int, ``None``).
         on_error: ``"warn"`` (skip the firing, training goes on) or ``"raise"``.
         prefix: prepended to every logged key.
         loss_fn: per-sample loss overriding ``pl_module.loss_fn``.
@@ -108,6 +157,8 @@ class OrbitCoherenceMonitor(Callback):
             else ``field_type``).
         eval_mode: measure with the model in eval mode (default). With ``False`` the model's own
             modes are kept, and batch norm or dropout in training mode are refused.
+        confidence: level of the bootstrap intervals.
+        resamples: bootstrap resamples.
 
     Raises:
         ValueError, TypeError: for invalid arguments (at construction) and for a configuration that
@@ -117,6 +168,7 @@ class OrbitCoherenceMonitor(Callback):
     def __init__(
         self,
         group: Group | str | dict | None = None,
+        *,
         elements: Sequence[str] | None = None,
         metric: str | Metric = "identity",
         normalization: str = "standard",
@@ -135,42 +187,41 @@ class OrbitCoherenceMonitor(Callback):
         field_type: FieldType | Sequence[str] | None = None,
         target_field_type: FieldType | Sequence[str] | None = None,
         eval_mode: bool = True,
+        confidence: float = 0.9,
+        resamples: int = 1000,
     ):
-        check_arguments(
+        _check_schedule(
+            every_n_train_steps,
+            every_n_epochs,
+            probe_size,
+            probe_split,
+            probe_seed,
+            on_error,
+            prefix,
+            loss_fn,
+        )
+        self.spec = MeasurementSpec(
+            group=None if group == "default" else group,
+            field_type=field_type,
+            target_field_type=target_field_type,
             elements=elements,
             metric=metric,
             normalization=normalization,
-            every_n_train_steps=every_n_train_steps,
-            every_n_epochs=every_n_epochs,
-            probe_size=probe_size,
-            probe_split=probe_split,
-            probe_seed=probe_seed,
-            rollout_steps=rollout_steps,
             chunk_size=chunk_size,
-            on_error=on_error,
-            prefix=prefix,
-            loss_fn=loss_fn,
+            equivariance=equivariance,
+            rollout_steps=rollout_steps,
+            confidence=confidence,
+            resamples=resamples,
         )
-        self.group = resolve_group(group)
-        self.elements = None if elements is None else tuple(elements)
-        if self.group is not None:
-            self._check_elements(self.group)
-        self.metric = metric
-        self.normalization = normalization
         self.every_n_train_steps = every_n_train_steps
         self.every_n_epochs = every_n_epochs
         self.probe_size = probe_size
         self.probe_split = probe_split
         self.probe_seed = probe_seed
-        self.equivariance = bool(equivariance)
-        self.rollout_steps = rollout_steps
         self.log_figures = bool(log_figures)
-        self.chunk_size = chunk_size
         self.on_error = on_error
         self.prefix = prefix
         self.loss_fn = loss_fn
-        self.field_type = as_field_type(field_type, "field_type")
-        self.target_field_type = as_field_type(target_field_type, "target_field_type")
         self.eval_mode = bool(eval_mode)
         self._probe: tuple[torch.Tensor, torch.Tensor] | None = None
         self._probe_identity: dict[str, Any] | None = None
@@ -181,6 +232,18 @@ class OrbitCoherenceMonitor(Callback):
         self._state_key: tuple[tuple[str, str] | None, str] = (None, "")
 
     # ------------------------------------------------------------------ identity and state
+    @property
+    def group(self) -> Group | None:
+        """The measured group (``None`` until resolved from the datamodule at ``setup``)."""
+        return self.spec.group
+
+    @property
+    def keys(self) -> Keys:
+        """The key builder of this monitor's group and prefix."""
+        if self.group is None:
+            raise ValueError("the group is not known yet: it is resolved at setup from the data")
+        return Keys(self.group.name, self.prefix)
+
     @property
     def state_key(self) -> str:
         """Distinct per group and prefix, so several monitors coexist in one checkpoint.
@@ -193,16 +256,6 @@ class OrbitCoherenceMonitor(Callback):
             group, prefix = identity
             self._state_key = (identity, self._generate_state_key(group=group, prefix=prefix))
         return self._state_key[1]
-
-    @property
-    def measured_elements(self) -> tuple[str, ...]:
-        """The elements measured: the identity first, then ``elements`` (default: all)."""
-        if self.group is None:
-            raise ValueError(
-                "the group is not known yet: it is resolved at setup from the datamodule"
-            )
-        chosen = self.group.elements if self.elements is None else self.elements
-        return (self.group.identity, *(e for e in chosen if e != self.group.identity))
 
     def state_dict(self) -> dict[str, Any]:
         """Schedule position, probe identity and the last finite basin compatibility."""
@@ -220,50 +273,26 @@ class OrbitCoherenceMonitor(Callback):
         if self._probe_identity is not None:
             self._check_restored_probe()
 
-    def _check_elements(self, group: Group) -> None:
-        for element in self.elements or ():
-            if element not in group:
-                raise ValueError(
-                    f"element {element!r} is not in group {group.name}; pass elements among "
-                    f"{list(group.elements)} (or elements=None for all)"
-                )
-
     # ------------------------------------------------------------------ setup and checks
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Resolve the group and field types from the datamodule where they were not given."""
+        """Complete the measurement's group and field types from the datamodule's declarations."""
         datamodule = trainer.datamodule
-        declared = getattr(datamodule, "symmetry_group", None)
-        if self.group is None:
-            if declared is None:
-                raise ValueError(
-                    "OrbitCoherenceMonitor has no group: pass group=... (e.g. group='D4' or "
-                    "group=symcoherence.groups.D4()) or use a datamodule with a `symmetry_group` "
-                    f"attribute; got datamodule {type(datamodule).__name__ if datamodule else None}"
-                )
-            self.group = resolve_group(declared)
-            self._check_elements(self.group)
-        elif isinstance(declared, Group):
-            outside = [e for e in self.measured_elements if e not in declared]
-            if outside:
-                rank_zero_warn(
-                    f"elements {outside} of group {self.group.name} are not among the symmetries "
-                    f"the datamodule declares ({declared.name}: {list(declared.elements)}); their "
-                    "coherence ratios measure symmetries the data does not have"
-                )
-        if self.field_type is None:
-            self.field_type = as_field_type(
-                getattr(datamodule, "field_type", None), "datamodule.field_type"
+        self.spec = self.spec.complete(**declared_defaults(datamodule))
+        declared = [
+            g
+            for g in (
+                getattr(datamodule, name, None) for name in ("diagnostic_group", "symmetry_group")
             )
-        if self.field_type is None:
-            raise ValueError(
-                "OrbitCoherenceMonitor needs the input field type: pass field_type=... (e.g. "
-                "field_type=FieldType(['pseudoscalar'])) or use a datamodule with a `field_type` "
-                "attribute"
-            )
-        if self.target_field_type is None:
-            declared_target = getattr(datamodule, "target_field_type", None)
-            self.target_field_type = (
-                as_field_type(declared_target, "datamodule.target_field_type") or self.field_type
+            if isinstance(g, Group)
+        ]
+        outside = [
+            e for e in self.spec.measured_elements if declared and not any(e in g for g in declared)
+        ]
+        if outside:
+            rank_zero_warn(
+                f"elements {outside} of group {self.group.name} are not among the symmetries the "
+                f"datamodule declares ({', '.join(g.name for g in declared)}); their statistics "
+                "measure symmetries the data do not have"
             )
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -273,21 +302,13 @@ class OrbitCoherenceMonitor(Callback):
     def _prepare(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._probe is not None:
             return
-        if self.group is None or self.field_type is None:
+        if not self.spec.is_complete:
             self.setup(trainer, pl_module, "fit")
         with isolated(pl_module, trainer.optimizers, self.eval_mode):
             inputs, targets, identity = draw_probe(
-                trainer, pl_module, self.probe_size, self.probe_split, self.probe_seed
+                trainer.datamodule, pl_module, self.probe_size, self.probe_split, self.probe_seed
             )
-            check_configuration(
-                self.group,
-                self.measured_elements,
-                self.field_type,
-                self.target_field_type,
-                measured_model(pl_module),
-                inputs,
-                targets,
-            )
+            check_configuration(self.spec, measured_model(pl_module), inputs, targets)
         self._probe = (inputs, targets)
         self._probe_identity = identity
         if self._restored_identity is not None:
@@ -328,24 +349,19 @@ class OrbitCoherenceMonitor(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Record the last finite basin compatibility as an hparams metric in TensorBoard."""
         writer = (
-            callback_logging.find_tensorboard_writer(trainer.loggers)
-            if trainer.is_global_zero
-            else None
+            tensorboard.find_tensorboard_writer(trainer.loggers) if trainer.is_global_zero else None
         )
         if writer is None or not self._final:
             return
         hparams = {}
         for logger in trainer.loggers:
             hparams.update(getattr(logger, "hparams", {}) or {})
-        name = self.group.name if self.group is not None else "group"
-        hparams.update(
-            {
-                f"{self.prefix}monitor/{name}/metric": str(self.metric),
-                f"{self.prefix}monitor/{name}/normalization": self.normalization,
-                f"{self.prefix}monitor/{name}/probe_size": self.probe_size,
-            }
-        )
-        callback_logging.write_hparams(writer, hparams, self._final)
+        record = self.spec.record()
+        name = record["group"]
+        for setting in ("metric", "normalization"):
+            hparams[f"{self.prefix}monitor/{name}/{setting}"] = record[setting]
+        hparams[f"{self.prefix}monitor/{name}/probe_size"] = self.probe_size
+        tensorboard.write_hparams(writer, hparams, self._final)
 
     # ------------------------------------------------------------------ one measurement
     def measure(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float] | None:
@@ -356,29 +372,28 @@ class OrbitCoherenceMonitor(Callback):
         """
         self._last_step = trainer.global_step
         self._prepare(trainer, pl_module)
-        assert self._probe is not None and self.group is not None
+        inputs, targets = self._probe
+        optimizer = trainer.optimizers[0] if trainer.optimizers else None
 
-        def work(elements: list[str], metric: Metric) -> Part:
+        def resolve() -> Metric:
+            if self.spec.metric == "adam" and optimizer is None:
+                raise ValueError(
+                    "metric='adam' reads the training optimizer, but the trainer has none"
+                )
+            return self.spec.resolved_metric(optimizer)
+
+        def work(elements: list[str], metric: Metric) -> Measurement:
             with isolated(pl_module, trainer.optimizers, self.eval_mode):
-                return compute(
+                return measure(
                     measured_model(pl_module),
                     find_loss(pl_module, self.loss_fn),
-                    self._probe,
-                    self.group,
-                    elements,
-                    metric,
-                    field_type=self.field_type,
-                    target_field_type=self.target_field_type,
-                    normalization=self.normalization,
-                    chunk_size=self.chunk_size,
-                    equivariance=self.equivariance,
-                    rollout_steps=self.rollout_steps,
+                    inputs,
+                    targets,
+                    dataclasses.replace(self.spec, metric=metric),
+                    elements=elements,
                 )
 
-        optimizer = trainer.optimizers[0] if trainer.optimizers else None
-        outcome = measure_collectively(
-            work, self.measured_elements, self.metric, optimizer, pl_module.device
-        )
+        outcome = measure_collectively(work, self.spec.measured_elements, resolve, pl_module.device)
         if outcome.result is None:
             self._skip(trainer, outcome.messages, outcome.error)
             return None
@@ -398,34 +413,32 @@ class OrbitCoherenceMonitor(Callback):
             f"{text}. Nothing was logged for this step; training goes on (on_error='raise' stops instead)"
         )
 
-    def _log(self, trainer: Trainer, pl_module: LightningModule, result: Part) -> dict[str, float]:
-        assert self.group is not None and result.influence is not None
-        scalars = callback_logging.firing_scalars(
-            result, self.prefix, self.group.name, self.rollout_steps
+    def _title(self, step: int) -> str:
+        record = self.spec.record()
+        return (
+            f"{record['group']}, {record['metric']} metric, {record['normalization']} "
+            f"normalization, N = {self.probe_size} {self.probe_split} probes, step {step}"
         )
+
+    def _log(
+        self, trainer: Trainer, pl_module: LightningModule, result: Measurement
+    ) -> dict[str, float]:
+        keys = self.keys
+        scalars = result.scalars(self.prefix)
         for key, value in scalars.items():
             pl_module.log(key, value, logger=False, sync_dist=False, batch_size=1)
-        compatibility = f"{self.prefix}basin/{self.group.name}/compatibility"
+        compatibility = keys.compatibility()
         if compatibility in scalars:
             self._final = {compatibility: scalars[compatibility]}
         if not trainer.is_global_zero:
             return scalars
-        step, elements = trainer.global_step, result.influence.elements
+        step = trainer.global_step
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=step)
-        writer = callback_logging.find_tensorboard_writer(trainer.loggers)
+        writer = tensorboard.find_tensorboard_writer(trainer.loggers)
         if writer is not None:
             if not self._layout_written:
-                callback_logging.write_layout(writer, self.prefix, self.group.name, elements)
+                tensorboard.write_layout(writer, keys, result.elements)
                 self._layout_written = True
-            callback_logging.log_firing(
-                writer,
-                self.prefix,
-                self.group.name,
-                elements,
-                result.influence.influence,
-                result.equivariance,
-                step,
-                self.log_figures,
-            )
+            tensorboard.log_firing(writer, keys, result, step, self.log_figures, self._title(step))
         return scalars

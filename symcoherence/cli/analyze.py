@@ -1,16 +1,17 @@
-r"""Checkpoint analysis: orbit influence and forward equivariance error of a trained emulator.
+r"""``symcoherence analyze``: the monitor's measurement of a saved checkpoint.
 
-``symcoherence analyze CHECKPOINT`` rebuilds the run's model and datamodule from its config (the
-``config.yaml`` that ``symcoherence fit`` saves beside the logs, or ``--config``), loads the
-checkpoint's weights, draws a probe set from distinct trajectories and computes, per element ``g``,
+Rebuilds the run's model and datamodule from its config (the ``config.yaml`` that
+``symcoherence fit`` saves beside the logs, or ``--config``), loads the checkpoint's weights, draws
+the probe set the monitor would draw (``probe_batch(n, split, seed)``: distinct trajectories) and
+measures with :func:`symcoherence.coherence.measure` — the function, model and loss discovery and
+isolation the callback uses, so the same settings give the same numbers as the training log.
 
-* the normalized diagonal influence ``I_n(g) = Ĥ^g[n, n]`` (median and quartiles),
-* the coherence ratio ``ρ(g) = median_n I_n(g) / median_n I_n(e)``,
-* the forward equivariance error ``E_n(g) = loss(f(g·x_n), g·y_n) / loss(f(x_n), y_n)``
-  (median and q3),
-
-prints them as a table and writes a PNG figure and a JSON file with every number (the summary
-under the logged key names, the per-sample values and the settings).
+It prints a table per element — coherence ratio ``ρ(g)`` with its interval beside the element's
+random-pair baseline, specific coupling, distribution transfer and forward equivariance error —
+the orbit-level numbers, the rank correlation with its p-value, the measurement's health and a
+one-line verdict, and writes ``analysis.png`` and ``analysis.json`` (every number, per-sample
+values and the settings) into the output folder (default: ``CHECKPOINT_STEM_analysis`` beside the
+checkpoint).
 
 Only load checkpoints you trust: like Lightning, this unpickles the checkpoint file.
 """
@@ -18,99 +19,26 @@ Only load checkpoints you trust: like Lightning, this unpickles the checkpoint f
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+from symcoherence.callbacks._isolation import isolated
+from symcoherence.callbacks._probes import declared_defaults, draw_probe, find_loss, measured_model
 from symcoherence.coherence import (
     METRIC_NAMES,
     NORMALIZATIONS,
-    GaussNewton,
-    Metric,
-    OrbitInfluence,
-    equivariance_error,
-    orbit_influence,
+    Measurement,
+    MeasurementSpec,
+    Summary,
 )
-from symcoherence.groups import resolve_group
-
-
-@dataclass
-class Analysis:
-    """The numbers of one analysis: the influence result and the forward errors ``(K, N)``."""
-
-    result: OrbitInfluence
-    equivariance: torch.Tensor
-
-    @cached_property
-    def summary(self) -> dict[str, float]:
-        """The logged scalars (DESIGN §3.3 keys), equivariance errors included."""
-        return self.result.summary(equivariance=self.equivariance)
-
-    def rows(self) -> list[dict[str, Any]]:
-        """One dict per element: influence median/q1/q3, ratio, equivariance median/q3."""
-        group, summary = self.result.group_name, self.summary
-        return [
-            {
-                "element": element,
-                "influence_median": summary[f"influence/{group}/{element}/median"],
-                "influence_q1": summary[f"influence/{group}/{element}/q1"],
-                "influence_q3": summary[f"influence/{group}/{element}/q3"],
-                "ratio": summary[f"coherence/{group}/ratio/{element}"],
-                "equivariance_median": summary[f"equivariance/{group}/{element}/median"],
-                "equivariance_q3": summary[f"equivariance/{group}/{element}/q3"],
-            }
-            for element in self.result.elements
-        ]
-
-    def table(self) -> str:
-        """A fixed-width text table, one row per element."""
-        header = (
-            f"{'element':<12} {'influence median [q1, q3]':>30} {'ratio':>8} "
-            f"{'E median':>10} {'E q3':>10}"
-        )
-        lines = [header, "-" * len(header)]
-        for row in self.rows():
-            spread = (
-                f"{row['influence_median']:.3f} [{row['influence_q1']:.3f}, "
-                f"{row['influence_q3']:.3f}]"
-            )
-            lines.append(
-                f"{row['element']:<12} {spread:>30} {row['ratio']:>8.3f} "
-                f"{row['equivariance_median']:>10.3g} {row['equivariance_q3']:>10.3g}"
-            )
-        summary, group = self.summary, self.result.group_name
-        lines.append("-" * len(header))
-        lines.append(
-            f"orbit coherence {summary[f'coherence/{group}/orbit']:.3f}   basin compatibility "
-            f"{summary[f'basin/{group}/compatibility']:.3f}   off-diagonal baseline "
-            f"{summary[f'baseline/{group}/offdiag_median']:.3f}"
-        )
-        return "\n".join(lines)
-
-    def to_json(self, settings: dict[str, Any]) -> dict[str, Any]:
-        """Everything, as plain data."""
-        return {
-            "settings": settings,
-            "summary": self.summary,
-            "elements": self.rows(),
-            "per_sample": {
-                "influence": self.result.influence.tolist(),
-                "equivariance_error": self.equivariance.tolist(),
-            },
-            "solver_info": {k: _plain(v) for k, v in self.result.info.items()},
-        }
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    return value if isinstance(value, (int, float, str, bool, type(None))) else repr(value)
+from symcoherence.coherence import measure as measure_model
 
 
 def find_config(checkpoint: Path) -> Path:
@@ -127,7 +55,7 @@ def find_config(checkpoint: Path) -> Path:
 
 def load_run(checkpoint: Path, config: Path) -> tuple[Any, Any, dict[str, Any]]:
     """Rebuild ``(model, datamodule, checkpoint dict)`` from a run config and load the weights."""
-    from symcoherence.cli import lightning_cli
+    from symcoherence.cli.lightning import lightning_cli
 
     with open(config) as stream:
         run_config = yaml.safe_load(stream) or {}
@@ -156,55 +84,105 @@ def load_run(checkpoint: Path, config: Path) -> tuple[Any, Any, dict[str, Any]]:
 def analyze(
     model: Any,
     datamodule: Any,
-    group: Any = None,
-    elements: Sequence[str] | None = None,
-    metric: str | Metric = "identity",
-    normalization: str = "standard",
+    spec: MeasurementSpec,
+    *,
     probe_size: int = 16,
     probe_split: str = "val",
     probe_seed: int = 0,
     optimizer: torch.optim.Optimizer | None = None,
-) -> Analysis:
-    """Orbit influence and forward error of ``model.backbone`` on a probe set of ``datamodule``.
+    eval_mode: bool = True,
+) -> Measurement:
+    """Measure a LightningModule on a probe set of its datamodule, exactly as the monitor does.
 
     Args:
-        model: an :class:`~symcoherence.models.EmulatorModule` (``backbone``, ``loss_fn``).
-        datamodule: a :class:`~symcoherence.data.TrajectoryDataModule`.
-        group: a group, a name (``"D4"``) or ``None`` for the datamodule's declared group.
-        elements: element names (default: all).
-        metric: ``"identity"``, ``"adam"``, ``"gauss_newton"`` or a
-            :class:`~symcoherence.coherence.Metric` such as ``GaussNewton(solver="subspace")``.
-        normalization: ``"standard"``, ``"cosine"`` or ``"none"``.
-        probe_size: number of probe pairs, from distinct trajectories.
+        model: the LightningModule; its ``backbone`` (else itself) is differentiated with its
+            ``loss_fn`` (else :func:`~symcoherence.coherence.smse`).
+        datamodule: provides ``probe_batch(n, split, seed)`` (or dataloaders) and the declared
+            group and field types that complete ``spec``.
+        spec: the measurement settings; open group and field types come from the datamodule.
+        probe_size: number of probe pairs.
         probe_split: split the probes come from.
         probe_seed: seed of the probe draw.
         optimizer: the restored optimizer (for ``metric="adam"``).
+        eval_mode: measure in eval mode, as the monitor does by default.
     """
-    declared = datamodule.symmetry_group
-    resolved = declared if group is None else resolve_group(group, default=declared)
-    if resolved is None:
-        raise ValueError("the datamodule declares no symmetry group; pass --group, e.g. D4")
+    spec = spec.complete(**declared_defaults(datamodule))
     datamodule.prepare_data()
-    inputs, targets = datamodule.probe_batch(probe_size, split=probe_split, seed=probe_seed)
-    backbone = model.backbone.eval()
-    types = {"field_type": datamodule.field_type, "target_field_type": datamodule.target_field_type}
-    result = orbit_influence(
-        backbone,
-        model.loss_fn,
-        inputs,
-        targets,
-        resolved,
-        elements=elements,
-        metric=metric,
-        normalization=normalization,
-        optimizer=optimizer,
-        **types,
-    )
-    with torch.no_grad():
-        errors = equivariance_error(
-            backbone, model.loss_fn, inputs, targets, resolved, elements=result.elements, **types
+    with isolated(model, [] if optimizer is None else [optimizer], eval_mode):
+        inputs, targets, _ = draw_probe(datamodule, model, probe_size, probe_split, probe_seed)
+        return measure_model(
+            measured_model(model),
+            find_loss(model, None),
+            inputs,
+            targets,
+            spec,
+            optimizer=optimizer,
         )
-    return Analysis(result, errors)
+
+
+def _interval(value: float, low: float, high: float) -> str:
+    if not math.isfinite(value):
+        return "—"
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def report(summary: Summary, title: str) -> str:
+    """The printed table: one row per element, then orbit numbers, health and the verdict."""
+    header = (
+        f"{'element':<10} {'ratio ρ [interval]':>26} {'baseline':>9} "
+        f"{'coupling z [interval]':>26} {'transfer τ [interval]':>26} {'E median':>9} {'E q3':>9}"
+    )
+    rule = "-" * len(header)
+    lines = [title, rule, header, rule]
+    for row in summary:
+        lines.append(
+            f"{row.element:<10} {_interval(row.ratio, row.ratio_lo, row.ratio_hi):>26} "
+            f"{row.baseline:>9.3f} "
+            f"{_interval(row.coupling, row.coupling_lo, row.coupling_hi):>26} "
+            f"{_interval(row.transfer, row.transfer_lo, row.transfer_hi):>26} "
+            f"{row.equivariance_median:>9.3g} {row.equivariance_q3:>9.3g}"
+        )
+    lines.append(rule)
+    lines.append(
+        f"ratios: orbit coherence {summary.orbit:.3f}, basin compatibility "
+        f"{summary.compatibility:.3f}, random-pair baseline over all elements "
+        f"{summary.baseline:.3f}"
+    )
+    if summary.rank_corr is None:
+        lines.append("rank correlation of ρ with |log E| (q3): undefined (constant or too few)")
+    else:
+        lines.append(
+            f"rank correlation of ρ with |log E| (q3): {summary.rank_corr:+.3f} "
+            f"(permutation p = {summary.rank_corr_pvalue:.3f})"
+        )
+    health = ", ".join(f"{name} {value:.3g}" for name, value in summary.health.items())
+    lines.append(f"measurement: {health}")
+    lines.append(f"intervals: {round(100 * summary.confidence)} % paired bootstrap over probes")
+    lines.append(f"verdict: {summary.verdict()}")
+    return "\n".join(lines)
+
+
+def to_json(measurement: Measurement, settings: dict[str, Any]) -> dict[str, Any]:
+    """Everything, as plain data."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.tolist()
+        return value if isinstance(value, (int, float, str, bool, type(None))) else repr(value)
+
+    summary = measurement.summary()
+    return {
+        "settings": settings,
+        "summary": measurement.scalars(),
+        "elements": [dataclasses.asdict(row) for row in summary],
+        "rank_correlation": {"r": summary.rank_corr, "pvalue": summary.rank_corr_pvalue},
+        "per_sample": {
+            "influence": measurement.influence.influence.tolist(),
+            "specific_coupling": measurement.influence.coupling.tolist(),
+            "equivariance_error": plain(measurement.equivariance),
+        },
+        "solver_info": {k: plain(v) for k, v in measurement.influence.info.items()},
+    }
 
 
 def _restored_optimizer(model: Any, state: dict[str, Any]) -> torch.optim.Optimizer:
@@ -222,52 +200,57 @@ def _restored_optimizer(model: Any, state: dict[str, Any]) -> torch.optim.Optimi
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="symcoherence analyze",
-        description="Orbit influence and forward equivariance error of a checkpoint.",
+        description="The monitor's orbit-influence measurement of a checkpoint.",
+        allow_abbrev=False,
     )
     parser.add_argument("checkpoint", type=Path, help="a .ckpt written by symcoherence fit")
     parser.add_argument("--config", type=Path, help="run config (default: the run's config.yaml)")
-    parser.add_argument("--group", help="group name such as D4 (default: the dataset's group)")
+    parser.add_argument("--group", help="group such as D4 (default: the data's diagnostic group)")
     parser.add_argument("--elements", nargs="+", help="element names (default: all)")
-    parser.add_argument("--metric", choices=METRIC_NAMES, default="identity")
     parser.add_argument(
-        "--solver",
-        choices=("subspace", "cg"),
-        default="subspace",
-        help="Gauss–Newton solver: 'subspace' (exact within the span of the probe gradients, "
-        "fast) or 'cg' (matrix-free conjugate gradients on the full metric, slow on a CPU)",
+        "--metric",
+        choices=METRIC_NAMES,
+        default="identity",
+        help="'gauss_newton' is the reference Gauss–Newton metric, as in the monitor",
     )
     parser.add_argument("--normalization", choices=NORMALIZATIONS, default="standard")
     parser.add_argument("--probe-size", type=int, default=16)
     parser.add_argument("--probe-split", choices=("train", "val", "test"), default="val")
     parser.add_argument("--probe-seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, help="output folder (default: next to checkpoint)")
+    parser.add_argument("--confidence", type=float, default=0.9, help="interval level")
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--output", type=Path, help="output folder (default: beside checkpoint)")
     return parser
 
 
 def analyze_main(argv: Sequence[str]) -> str:
     """``symcoherence analyze``: write ``analysis.png`` and ``analysis.json``; return the report.
 
-    Exits through ``argparse`` (status 2, message on stderr) for bad arguments, a missing or
-    incompatible checkpoint or config, or a group that does not fit the data.
+    Exits through ``argparse`` (status 2, one-line message on stderr) for bad arguments, a missing
+    or incompatible checkpoint or config, or a group that does not fit the data.
     """
     parser = _parser()
     args = parser.parse_args(list(argv))
     if not args.checkpoint.is_file():
         parser.error(f"checkpoint {args.checkpoint} does not exist")
     try:
+        spec = MeasurementSpec(
+            group=args.group,
+            elements=args.elements,
+            metric=args.metric,
+            normalization=args.normalization,
+            confidence=args.confidence,
+            resamples=args.resamples,
+        )
         config = args.config or find_config(args.checkpoint)
         if not config.is_file():
             raise FileNotFoundError(f"config {config} does not exist")
         model, datamodule, state = load_run(args.checkpoint, config)
         optimizer = _restored_optimizer(model, state) if args.metric == "adam" else None
-        metric = GaussNewton(solver=args.solver) if args.metric == "gauss_newton" else args.metric
-        analysis = analyze(
+        measurement = analyze(
             model,
             datamodule,
-            group=args.group,
-            elements=args.elements,
-            metric=metric,
-            normalization=args.normalization,
+            spec,
             probe_size=args.probe_size,
             probe_split=args.probe_split,
             probe_seed=args.probe_seed,
@@ -277,33 +260,28 @@ def analyze_main(argv: Sequence[str]) -> str:
         parser.error(str(error))
     output = args.output or args.checkpoint.with_name(f"{args.checkpoint.stem}_analysis")
     output.mkdir(parents=True, exist_ok=True)
+    summary = measurement.summary()
+    title = (
+        f"{summary.group}, {spec.metric_name} metric, {spec.normalization} normalization, "
+        f"N = {args.probe_size} {args.probe_split} probes (seed {args.probe_seed}), "
+        f"checkpoint {args.checkpoint.name} (step {state.get('global_step', '?')})"
+    )
     settings = {
+        **spec.record(),
+        "group": summary.group,
         "checkpoint": str(args.checkpoint),
         "config": str(config),
-        "group": analysis.result.group_name,
-        "metric": args.metric if args.metric != "gauss_newton" else f"gauss_newton/{args.solver}",
-        "normalization": args.normalization,
         "probe_size": args.probe_size,
         "probe_split": args.probe_split,
         "probe_seed": args.probe_seed,
     }
-    (output / "analysis.json").write_text(json.dumps(analysis.to_json(settings), indent=2))
-    _write_figure(analysis, output / "analysis.png")
-    return f"{analysis.table()}\n\nwrote {output / 'analysis.json'} and {output / 'analysis.png'}"
+    (output / "analysis.json").write_text(json.dumps(to_json(measurement, settings), indent=2))
+    _write_figure(summary, title, output / "analysis.png")
+    return f"{report(summary, title)}\n\nwrote {output / 'analysis.json'} and {output / 'analysis.png'}"
 
 
-def _write_figure(analysis: Analysis, path: Path) -> None:
-    from symcoherence.callbacks._tensorboard import summary_figure
+def _write_figure(summary: Summary, title: str, path: Path) -> None:
+    from symcoherence.plotting import summary_figure
 
-    figure = summary_figure(
-        analysis.result.elements,
-        analysis.result.influence,
-        analysis.equivariance,
-        title=f"{analysis.result.group_name}: orbit influence and forward equivariance error",
-    )
-    try:
-        figure.savefig(path, dpi=120, bbox_inches="tight")
-    finally:
-        import matplotlib.pyplot as plt
-
-        plt.close(figure)
+    figure = summary_figure(summary, title)
+    figure.savefig(path, dpi=120, bbox_inches="tight")

@@ -1,6 +1,7 @@
 r"""The orbit-influence engine: streaming per-sample gradients along group orbits.
 
-For probes ``(x_n, y_n)``, elements ``g_1..g_K`` and a metric ``M`` (DESIGN §1.1):
+For probes ``(x_n, y_n)``, elements ``g_1..g_K`` (``g_1 = e``), a per-sample cost
+``C(θ; x, y) = loss(f_θ(x), y)`` and a metric ``M`` on parameter space:
 
 .. math::
 
@@ -10,6 +11,9 @@ For probes ``(x_n, y_n)``, elements ``g_1..g_K`` and a metric ``M`` (DESIGN §1.
 The ket gradients are computed once; bra gradients are computed element by element and chunk by
 chunk and immediately reduced against ``M⁻¹ a``, so memory holds ``N·P`` numbers for the kets plus
 one chunk of bras, never ``K·N·P``. The identity element's bras are the kets themselves.
+
+Sign: ``H^g[n, m] > 0`` means a (natural-)gradient step ``δθ = −ε M⁻¹ a_m`` on ``x_m`` lowers the
+loss at ``g·x_n`` (by ``ε H^g[n, m]`` to first order).
 
 Example:
     >>> import torch
@@ -26,13 +30,13 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
 
-from symcoherence.coherence.gauss_newton import GaussNewton
-from symcoherence.coherence.metrics import Adam, Identity, InfluenceProblem, Metric
+from symcoherence.coherence.metrics import InfluenceProblem, Metric
 from symcoherence.coherence.normalization import check_normalization
 from symcoherence.coherence.per_sample import (
     ChunkSize,
@@ -46,40 +50,8 @@ from symcoherence.coherence.per_sample import (
     grad_mode,
 )
 from symcoherence.coherence.result import OrbitInfluence
+from symcoherence.coherence.spec import resolve_metric
 from symcoherence.groups import FieldType, Group
-
-METRIC_NAMES = ("identity", "adam", "gauss_newton")  # the shorthands resolve_metric accepts
-
-
-def resolve_metric(metric: str | Metric, optimizer: torch.optim.Optimizer | None = None) -> Metric:
-    """A :class:`~symcoherence.coherence.Metric` from a shorthand or a metric object.
-
-    Args:
-        metric: ``"identity"``, ``"adam"`` (needs ``optimizer``), ``"gauss_newton"`` (the default
-            :class:`~symcoherence.coherence.GaussNewton`) or a ``Metric``.
-        optimizer: the training optimizer, for ``"adam"``.
-
-    Example:
-        >>> resolve_metric("gauss_newton")
-        GaussNewton(damping=0.0001, solver='cg', tol=0.0001, max_iter=500, energy_cutoff=1e-12, output_scale=None)
-    """
-    if isinstance(metric, Metric):
-        return metric
-    if metric == "identity":
-        return Identity()
-    if metric == "gauss_newton":
-        return GaussNewton()
-    if metric == "adam":
-        if optimizer is None:
-            raise ValueError(
-                "metric='adam' reads the optimizer's second moments: pass optimizer=... "
-                "(or metric=Adam(optimizer))"
-            )
-        return Adam(optimizer)
-    raise ValueError(
-        f"unknown metric {metric!r}; expected one of {list(METRIC_NAMES)} or a Metric "
-        "object such as GaussNewton(solver='subspace')"
-    )
 
 
 def resolve_elements(group: Group, elements: Sequence[str] | None) -> tuple[str, ...]:
@@ -143,6 +115,7 @@ def orbit_influence(
     targets: torch.Tensor,
     group: Group,
     field_type: FieldType,
+    *,
     target_field_type: FieldType | None = None,
     elements: Sequence[str] | None = None,
     metric: str | Metric = "identity",
@@ -150,7 +123,6 @@ def orbit_influence(
     chunk_size: ChunkSize = "auto",
     parameter_filter: ParameterFilter = None,
     optimizer: torch.optim.Optimizer | None = None,
-    *,
     breakdown: bool = False,
     randomness: Randomness = "error",
 ) -> OrbitInfluence:
@@ -200,14 +172,18 @@ def orbit_influence(
         fmodel = FunctionalModel(model, parameter_filter)
         inputs, targets = _plain(inputs), _plain(targets)
         kets = fmodel.flat_grad_matrix(loss_fn, inputs, targets, chunk_size, randomness)
+        check_gradients(kets)
+        bra_norm = kets.new_full((len(names), inputs.shape[0]), float("nan"))
 
         def bra_blocks() -> Iterator[tuple[int, slice, torch.Tensor]]:
             for index, element in enumerate(names):
                 if element == group.identity:
-                    yield index, slice(0, inputs.shape[0]), kets
-                    continue
-                moved = group.act_pair(element, inputs, targets, field_type, target_field_type)
-                for samples, block in fmodel.flat_grads(loss_fn, *moved, chunk_size, randomness):
+                    blocks = [(slice(0, inputs.shape[0]), kets)]
+                else:
+                    moved = group.act_pair(element, inputs, targets, field_type, target_field_type)
+                    blocks = fmodel.flat_grads(loss_fn, *moved, chunk_size, randomness)
+                for samples, block in blocks:
+                    bra_norm[index, samples] = block.norm(dim=-1)
                     yield index, samples, block
 
         def orbit_inputs() -> Iterator[torch.Tensor]:
@@ -225,7 +201,7 @@ def orbit_influence(
             orbit_inputs=orbit_inputs,
         )
         reduced = metric.reduce(problem)
-    return OrbitInfluence(
+    result = OrbitInfluence(
         matrix=reduced.matrix.detach(),
         bra_self=reduced.bra_self.detach(),
         ket_self=reduced.ket_self.detach(),
@@ -236,13 +212,47 @@ def orbit_influence(
         metric=metric.name,
         info=reduced.info,
         by_module=reduced.by_module,
+        bra_norm=bra_norm.detach(),
     )
+    if result.degenerate_rows and bool(torch.isfinite(result.matrix).all()):
+        warnings.warn(
+            f"{result.degenerate_rows} of {len(names) * inputs.shape[0]} influence rows are "
+            f"degenerate ({result.zero_gradients} bras with zero gradient, the rest without "
+            "spread over the probes): they are skipped by every summary and counted in "
+            "measurement/.../degenerate_rows. Likely causes: probes the model fits exactly, or "
+            "parameters that barely enter the forward pass; use more or other probes or a "
+            "parameter_filter",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return result
+
+
+def check_gradients(kets: torch.Tensor) -> None:
+    """Raise ``ValueError`` when the probes' per-sample gradients are non-finite or all zero.
+
+    Nothing can be measured then, and summaries would report zeros or NaN as if they were results.
+    """
+    if not bool(torch.isfinite(kets).all()):
+        raise ValueError(
+            "the per-sample loss gradients of the probes hold non-finite values (NaN or Inf); "
+            "check the loss on the probe set (a loss that divides by a vanishing target norm, or "
+            "diverged parameters)"
+        )
+    if not bool(kets.any()):
+        raise ValueError(
+            f"every per-sample loss gradient of the {kets.shape[0]} probes is exactly zero, so "
+            "there is no influence to measure. Likely causes: the selected parameters do not enter "
+            "the forward pass (layers that cache their weights in eval mode: measure with "
+            "eval_mode=False, or exclude them with a parameter_filter), or the loss is constant "
+            "on the probes"
+        )
 
 
 __all__ = [
     "check_fields",
+    "check_gradients",
     "module_columns",
     "orbit_influence",
     "resolve_elements",
-    "resolve_metric",
 ]

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+import symcoherence as sc
 from symcoherence.groups import (
     C4,
     D4,
@@ -263,3 +264,30 @@ def test_bad_input_messages():
         LatticeGroup("bad", {"r": D4().table["r"]})
     with pytest.raises(ValueError, match="unknown group spec type"):
         from_spec({"type": "Nope"})
+
+
+@pytest.mark.parametrize(
+    "make_group",
+    [
+        lambda: sc.groups.D4(),
+        lambda: sc.groups.C4(),
+        lambda: sc.groups.Shifts(box=1, period=8),
+        lambda: sc.groups.FourierShifts(line=("x", [0.5, 1.5])),
+        lambda: sc.groups.Product(sc.groups.D4(), sc.groups.Shifts(box=1, period=8)),
+        lambda: sc.groups.ZonalShifts(8, stride=4),
+        lambda: sc.groups.EquatorialReflection(),
+        lambda: sc.groups.SphereProduct(sc.groups.EquatorialReflection(), sc.groups.ZonalShifts(8)),
+        lambda: sc.groups.D4().subgroup(["e", "r2"], "C2"),
+    ],
+)
+def test_spec_round_trips_to_the_same_class_through_json(make_group):
+    import json
+
+    group = make_group()
+    rebuilt = sc.groups.from_spec(json.loads(json.dumps(group.spec())))
+    assert type(rebuilt) is type(group)
+    assert rebuilt.name == group.name and rebuilt.elements == group.elements
+    field = torch.randn(2, 8, 8, dtype=torch.float64)
+    kind = sc.FieldType(["scalar", "pseudoscalar"])
+    for element in group.elements:
+        assert torch.equal(rebuilt.act(element, field, kind), group.act(element, field, kind))

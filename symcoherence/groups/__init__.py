@@ -20,7 +20,12 @@ from symcoherence.groups.planar import (
     Product,
     Shifts,
 )
-from symcoherence.groups.registry import from_spec, register_group_type, resolve_group
+from symcoherence.groups.registry import (
+    from_spec,
+    register_group_class,
+    register_group_type,
+    resolve_group,
+)
 from symcoherence.groups.sphere import (
     EquatorialReflection,
     SphereElement,
@@ -47,6 +52,7 @@ __all__ = [
     "Subgroup",
     "ZonalShifts",
     "from_spec",
+    "register_group_class",
     "register_group_type",
     "resolve_group",
 ]

@@ -82,6 +82,23 @@ class Group(ABC):
     def spec(self) -> dict[str, Any]:
         """A JSON-serializable description that :func:`symcoherence.groups.from_spec` inverts."""
 
+    def _record_arguments(self, **arguments: Any) -> None:
+        """Remember the constructor's arguments, so that :meth:`spec` rebuilds this exact class.
+
+        Group-valued arguments are stored as their own specs.
+        """
+        self._arguments = {
+            key: value.spec() if isinstance(value, Group) else value
+            for key, value in arguments.items()
+        }
+
+    def _constructor_spec(self) -> dict[str, Any] | None:
+        """``{"type": class name, "arguments": ...}`` for classes that recorded their arguments."""
+        arguments = self.__dict__.get("_arguments")
+        if arguments is None:
+            return None
+        return {"type": type(self).__name__, "arguments": arguments}
+
     @property
     def identity(self) -> str:
         """Name of the identity element (always the first element)."""

@@ -221,7 +221,10 @@ class LatticeGroup(TransformGroup):
         return all(float(s).is_integer() for s in self.table[a].shift)
 
     def spec(self) -> dict[str, Any]:
-        """Element table, period and shift mode as plain data."""
+        """The constructor's arguments for the named groups, else the element table as plain data."""
+        named = self._constructor_spec()
+        if named is not None:
+            return named
         return {
             "type": "LatticeGroup",
             "name": self.name,
@@ -259,6 +262,7 @@ class C4(LatticeGroup):
 
     def __init__(self):
         super().__init__("C4", _d4_table(rotations_only=True))
+        self._record_arguments()
 
 
 class D4(LatticeGroup):
@@ -271,6 +275,7 @@ class D4(LatticeGroup):
 
     def __init__(self):
         super().__init__("D4", _d4_table(rotations_only=False))
+        self._record_arguments()
 
 
 def _shift_name(shift: tuple[float, float]) -> str:
@@ -338,6 +343,7 @@ class Shifts(LatticeGroup):
         values = _shift_list(shifts, box, line, integer=True)
         table = {("e" if s == (0.0, 0.0) else _shift_name(s)): Affine(_IDENTITY, s) for s in values}
         super().__init__("Shifts", table, period=period)
+        self._record_arguments(shifts=[list(v) for v in values], period=period)
 
 
 class FourierShifts(LatticeGroup):
@@ -359,6 +365,7 @@ class FourierShifts(LatticeGroup):
         values = _shift_list(shifts, box, line, integer=False)
         table = {("e" if s == (0.0, 0.0) else _shift_name(s)): Affine(_IDENTITY, s) for s in values}
         super().__init__("FourierShifts", table, period=period, subpixel=True)
+        self._record_arguments(shifts=[list(v) for v in values], period=period)
 
 
 class Product(LatticeGroup):
@@ -400,3 +407,4 @@ class Product(LatticeGroup):
             subpixel=first.subpixel or second.subpixel,
         )
         self.factors = (first, second)
+        self._record_arguments(first=first, second=second, name=name)

@@ -2,8 +2,8 @@
 
 Example:
     >>> from symcoherence.groups import D4, from_spec
-    >>> from_spec(D4().spec()).compose("r", "s")
-    'sr3'
+    >>> type(from_spec(D4().spec())).__name__, from_spec(D4().spec()).compose("r", "s")
+    ('D4', 'sr3')
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from symcoherence.groups.base import Group, Subgroup
-from symcoherence.groups.planar import C4, D4, Affine, LatticeGroup
+from symcoherence.groups.planar import C4, D4, Affine, FourierShifts, LatticeGroup, Product, Shifts
 
 _BUILDERS: dict[str, Callable[[dict[str, Any]], Group]] = {}
 
@@ -21,6 +21,22 @@ _BUILDERS: dict[str, Callable[[dict[str, Any]], Group]] = {}
 def register_group_type(type_name: str, builder: Callable[[dict[str, Any]], Group]) -> None:
     """Teach :func:`from_spec` to rebuild specs whose ``"type"`` is ``type_name``."""
     _BUILDERS[type_name] = builder
+
+
+def register_group_class(cls: type[Group]) -> None:
+    """Teach :func:`from_spec` to rebuild ``cls`` from the constructor arguments it recorded.
+
+    Arguments that are group specs (dicts with a ``"type"``) are rebuilt first.
+    """
+
+    def build(spec: dict[str, Any]) -> Group:
+        arguments = {
+            key: from_spec(value) if isinstance(value, dict) and "type" in value else value
+            for key, value in spec.get("arguments", {}).items()
+        }
+        return cls(**arguments)
+
+    register_group_type(cls.__name__, build)
 
 
 def from_spec(spec: dict[str, Any]) -> Group:
@@ -84,6 +100,8 @@ def _lattice(spec: dict[str, Any]) -> Group:
 
 
 register_group_type("LatticeGroup", _lattice)
+for _named in (C4, D4, Shifts, FourierShifts, Product):
+    register_group_class(_named)
 register_group_type(
     "Subgroup", lambda spec: Subgroup(from_spec(spec["parent"]), spec["elements"], spec["name"])
 )

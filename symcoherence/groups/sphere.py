@@ -59,7 +59,7 @@ import torch
 
 from symcoherence.groups.base import TransformGroup
 from symcoherence.groups.field_types import FieldType
-from symcoherence.groups.registry import register_group_type
+from symcoherence.groups.registry import register_group_class, register_group_type
 
 _MIRROR = ((1, 0), (0, -1))  # (u east, v north) -> (u, -v)
 
@@ -178,7 +178,10 @@ class SphereGroup(TransformGroup):
         return True
 
     def spec(self) -> dict[str, Any]:
-        """Name, period and element table as plain data."""
+        """The constructor's arguments for the named groups, else the element table as plain data."""
+        named = self._constructor_spec()
+        if named is not None:
+            return named
         return {
             "type": "SphereGroup",
             "name": self.name,
@@ -229,6 +232,7 @@ class ZonalShifts(SphereGroup):
         else:
             values = list(range(nlon))
         super().__init__("Zonal", [SphereElement(k) for k in values], period=nlon)
+        self._record_arguments(nlon=nlon, shifts=values)
 
 
 class EquatorialReflection(SphereGroup):
@@ -246,6 +250,7 @@ class EquatorialReflection(SphereGroup):
 
     def __init__(self):
         super().__init__("Equator", [SphereElement(0, True)], period=None)
+        self._record_arguments()
 
 
 class SphereProduct(SphereGroup):
@@ -281,6 +286,7 @@ class SphereProduct(SphereGroup):
         products.sort(key=lambda g: (g.reflect, g.shift % (max(periods) if periods else 1)))
         super().__init__(name, products, period=periods.pop() if periods else None)
         self.factors = (first, second)
+        self._record_arguments(first=first, second=second, name=name)
 
 
 def _from_spec(spec: dict[str, Any]) -> SphereGroup:
@@ -289,3 +295,5 @@ def _from_spec(spec: dict[str, Any]) -> SphereGroup:
 
 
 register_group_type("SphereGroup", _from_spec)
+for _named in (ZonalShifts, EquatorialReflection, SphereProduct):
+    register_group_class(_named)

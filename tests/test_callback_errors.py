@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from test_callback_helpers import (
+from helpers.tiny import (
     PlainData,
     RecordingLogger,
     TinyData,
@@ -26,7 +26,7 @@ Monitor = sc.OrbitCoherenceMonitor
 @pytest.mark.parametrize(
     ("kwargs", "error", "fix"),
     [
-        ({"metric": "fisher"}, ValueError, "metric must be one of"),
+        ({"metric": "fisher"}, ValueError, "unknown metric 'fisher'; expected one of"),
         ({"normalization": "l2"}, ValueError, "'standard', 'cosine', 'none'"),
         (
             {"every_n_train_steps": None, "every_n_epochs": None},
@@ -34,15 +34,15 @@ Monitor = sc.OrbitCoherenceMonitor
             "every_n_train_steps=<n>",
         ),
         ({"every_n_train_steps": 0}, ValueError, "positive integer"),
-        ({"probe_size": 1}, ValueError, "probe_size must be an integer >= 2"),
+        ({"probe_size": 2}, ValueError, "probe_size must be an integer >= 3"),
         ({"probe_split": "validation"}, ValueError, "'train', 'val', 'test'"),
-        ({"rollout_steps": -1}, ValueError, "0 disables"),
+        ({"rollout_steps": -1}, ValueError, "rollout_steps must be an integer >= 0"),
         ({"chunk_size": 0}, ValueError, "'auto', None or a positive integer"),
         ({"on_error": "ignore"}, ValueError, "'warn' or 'raise'"),
         ({"group": "D5"}, ValueError, "pass the object"),
         ({"group": "Shifts"}, ValueError, "Shifts\\(box=1, period=64\\)"),
         ({"group": 4}, TypeError, "name such as 'D4'"),
-        ({"group": "D4", "elements": ["e", "q"]}, ValueError, "pass elements among"),
+        ({"group": "D4", "elements": ["e", "q"]}, ValueError, "valid elements are"),
         ({"elements": "r"}, ValueError, "list of element names"),
         ({"field_type": "scalar"}, TypeError, "a list of kinds"),
         ({"loss_fn": 3}, TypeError, "loss_fn\\(pred, target\\)"),
@@ -69,34 +69,49 @@ class BatchNormModule(TinyModule):
 @pytest.mark.parametrize(
     ("monitor", "module", "data", "fix"),
     [
-        (Monitor(probe_size=4), None, PlainData(), "pass group=.*symmetry_group"),
-        (Monitor(group="D4", probe_size=4), None, PlainData(), "pass field_type="),
+        (lambda: Monitor(probe_size=4), None, PlainData, "pass group=.*diagnostic_group"),
+        (lambda: Monitor(group="D4", probe_size=4), None, PlainData, "pass field_type="),
         (
-            Monitor(probe_size=4, field_type=["vector"]),
+            lambda: Monitor(probe_size=4, field_type=["vector"]),
             None,
             None,
             "Pass field_type=.* to OrbitCoherenceMonitor",
         ),
         (
-            Monitor(probe_size=4, target_field_type=["scalar", "scalar"]),
+            lambda: Monitor(probe_size=4, target_field_type=["scalar", "scalar"]),
             None,
             None,
             "target_field_type",
         ),
-        (Monitor(probe_size=4, eval_mode=False), BatchNormModule(), None, "call model.eval\\(\\)"),
-        (Monitor(probe_size=4), BatchNormModule(track=False), None, "GroupNorm/LayerNorm"),
-        (Monitor(probe_size=4), TinyModule(nn.Conv2d(1, 2, 1)), None, "one-step map"),
         (
-            Monitor(group="D4", field_type=["scalar"], probe_size=20),
+            lambda: Monitor(probe_size=4, eval_mode=False),
+            BatchNormModule,
             None,
-            PlainData(),
+            "call model.eval\\(\\)",
+        ),
+        (
+            lambda: Monitor(probe_size=4),
+            lambda: BatchNormModule(track=False),
+            None,
+            "GroupNorm/LayerNorm",
+        ),
+        (
+            lambda: Monitor(probe_size=4),
+            lambda: TinyModule(nn.Conv2d(1, 2, 1)),
+            None,
+            "one-step map",
+        ),
+        (
+            lambda: Monitor(group="D4", field_type=["scalar"], probe_size=20),
+            None,
+            PlainData,
             "dataset has 12 samples",
         ),
     ],
 )
 def test_misconfiguration_fails_at_the_first_hook_with_the_fix(monitor, module, data, fix):
     with pytest.raises(ValueError, match=fix):
-        _fit(monitor, module, data)
+        _fit(monitor(), module and module(), data and data())
 
 
 def test_group_that_does_not_fit_the_grid_names_the_fix():

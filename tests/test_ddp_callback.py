@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_callback_helpers import TinyData, TinyModule
+from helpers.tiny import TinyData, TinyModule
 
 import symcoherence as sc
 
@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent(
     import json, sys, warnings
     import torch, torch.distributed as dist
     import symcoherence as sc
-    from test_callback_helpers import RecordingLogger, TinyData, TinyModule, trainer
+    from helpers.tiny import RecordingLogger, TinyData, TinyModule, trainer
 
     mode, out = sys.argv[1], sys.argv[2]
 

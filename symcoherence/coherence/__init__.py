@@ -1,12 +1,15 @@
-"""Orbit influence with ``torch.func``: per-sample gradients, metrics, normalizations, summaries.
+"""Orbit influence with ``torch.func``: per-sample gradients, metrics, statistics, one ``measure``.
 
-Pure torch; Lightning never enters this package. The pieces, in the order the engine uses them:
+Pure torch; Lightning never enters this package. The pieces, in the order a measurement uses them:
 
+* :class:`MeasurementSpec` — every setting, validated once; :func:`measure` — the one path that
+  the callback, ``symcoherence analyze`` and scripts share, returning a :class:`Measurement`;
 * :func:`per_sample_grads` — ``a_n = ∇θ loss(f_θ(x_n), y_n)`` with ``vmap(grad)``;
-* metrics ``M``: :class:`Identity`, :class:`Adam`, :class:`GaussNewton` (``cg`` / ``subspace``);
+* metrics ``M``: :class:`Identity`, :class:`Adam`, :class:`GaussNewton`;
 * :func:`orbit_influence` — ``H^g[n, m] = (b_n^g)ᵀ M⁻¹ a_m``, streamed over elements;
-* :class:`OrbitInfluence` — raw parts, normalizations (``standard`` / ``cosine`` / ``none``) and
-  the logged summary;
+* :class:`OrbitInfluence` — raw parts and normalizations; its :class:`Summary` holds the
+  coherence ratio, specific coupling, distribution transfer, random-pair baselines and bootstrap
+  intervals, under the key names of :class:`Keys`;
 * :func:`equivariance_error`, :func:`rollout_equivariance_error` — forward errors;
 * :func:`smse` — the default per-sample loss.
 
@@ -16,29 +19,42 @@ Example:
     >>> net = torch.nn.Conv2d(1, 1, 3, padding=1)             # zero padding breaks shift symmetry
     >>> x, y = torch.randn(8, 1, 8, 8), torch.randn(8, 1, 8, 8)
     >>> result = sc.orbit_influence(net, sc.smse, x, y, sc.groups.C4(), sc.FieldType(["scalar"]))
-    >>> sorted(result.summary())[:2]
-    ['baseline/C4/offdiag_median', 'basin/C4/compatibility']
+    >>> [row.element for row in result.summarize()]
+    ['e', 'r', 'r2', 'r3']
+    >>> "coherence/C4/ratio_lo/r" in result.summary()      # every statistic has its interval
+    True
 """
 
 from symcoherence.coherence.equivariance import equivariance_error, rollout_equivariance_error
 from symcoherence.coherence.gauss_newton import GaussNewton
-from symcoherence.coherence.influence import METRIC_NAMES, orbit_influence, resolve_metric
+from symcoherence.coherence.influence import orbit_influence
+from symcoherence.coherence.keys import Keys
 from symcoherence.coherence.loss import smse
+from symcoherence.coherence.measurement import Measurement, measure
 from symcoherence.coherence.metrics import Adam, DiagonalMetric, Identity, Metric
 from symcoherence.coherence.normalization import NORMALIZATIONS, normalize
-from symcoherence.coherence.per_sample import per_sample_grads
+from symcoherence.coherence.per_sample import LossFn, per_sample_grads
 from symcoherence.coherence.result import OrbitInfluence
+from symcoherence.coherence.spec import METRIC_NAMES, MeasurementSpec, resolve_metric
+from symcoherence.coherence.summary import ElementSummary, Summary
 
 __all__ = [
     "METRIC_NAMES",
     "NORMALIZATIONS",
     "Adam",
     "DiagonalMetric",
+    "ElementSummary",
     "GaussNewton",
     "Identity",
+    "Keys",
+    "LossFn",
+    "Measurement",
+    "MeasurementSpec",
     "Metric",
     "OrbitInfluence",
+    "Summary",
     "equivariance_error",
+    "measure",
     "normalize",
     "orbit_influence",
     "per_sample_grads",

@@ -1,4 +1,4 @@
-r"""Forward equivariance errors measured with the training loss (DESIGN §1.4).
+r"""Forward equivariance errors measured with the training loss.
 
 One step, per element ``g`` and probe ``n``:
 
@@ -49,6 +49,7 @@ def equivariance_error(
     targets: torch.Tensor,
     group: Group,
     field_type: FieldType,
+    *,
     target_field_type: FieldType | None = None,
     elements: Sequence[str] | None = None,
 ) -> torch.Tensor:
@@ -88,6 +89,7 @@ def rollout_equivariance_error(
     x0: torch.Tensor,
     group: Group,
     field_type: FieldType,
+    *,
     steps: int,
     elements: Sequence[str] | None = None,
 ) -> torch.Tensor:

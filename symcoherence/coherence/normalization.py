@@ -1,4 +1,4 @@
-r"""Normalizations of the raw influence matrix ``H`` (DESIGN §1.3).
+r"""Normalizations of the raw influence matrix ``H``.
 
 * ``"standard"`` (the reference): each row ``H^g[n, :]`` divided by its standard deviation over the
   ket index ``m`` (diagonal included, unbiased estimator with ``N − 1``), so unstructured
@@ -8,10 +8,10 @@ r"""Normalizations of the raw influence matrix ``H`` (DESIGN §1.3).
   and ``A[m] = a_mᵀ M⁻¹ a_m`` in the same metric; values lie in ``[−1, 1]``.
 * ``"none"``: ``Ĥ = H``.
 
-Vanishing gradients: a row whose standard deviation is zero (``b_n^g = 0``, or every ket equal),
-and an entry whose cosine denominator is zero (``b_n^g = 0`` or ``a_m = 0``), normalize to ``0``:
-a sample without a gradient neither influences nor is influenced. No ``inf`` or ``NaN`` is
-produced from finite inputs.
+Degenerate rows: a row whose standard deviation is zero (``b_n^g = 0``, or every ket equal), and
+an entry whose cosine denominator is zero (``b_n^g = 0`` or ``a_m = 0``), normalize to ``NaN``:
+no normalized value exists there, and summaries skip such probes and count them (never a silent
+``0``). No ``inf`` is produced from finite inputs.
 
 Example:
     >>> import torch
@@ -19,7 +19,7 @@ Example:
     >>> h = torch.tensor([[[1.0, 3.0], [0.0, 0.0]]])      # K = 1, N = 2; row 1 has no gradient
     >>> normalize(h, torch.ones(1, 2), torch.ones(2), "standard")
     tensor([[[0.7071, 2.1213],
-             [0.0000, 0.0000]]])
+             [   nan,    nan]]])
 """
 
 from __future__ import annotations
@@ -42,9 +42,12 @@ def check_normalization(kind: str, num_samples: int | None = None) -> None:
 
 
 def _safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
-    zero = denominator <= 0
+    """``numerator / denominator``, NaN where the denominator is not positive."""
+    zero = ~(denominator > 0)
     return torch.where(
-        zero, torch.zeros_like(numerator), numerator / torch.where(zero, 1, denominator)
+        zero,
+        torch.full_like(numerator, float("nan")),
+        numerator / torch.where(zero, 1, denominator),
     )
 
 

@@ -26,7 +26,8 @@ from typing import Any
 import torch
 
 from symcoherence.coherence.normalization import check_normalization, normalize
-from symcoherence.coherence.summary import coherence_ratio, summarize
+from symcoherence.coherence.statistics import quantiles, specific_coupling, unit_transfer
+from symcoherence.coherence.summary import Summary, summarize
 
 
 @dataclass
@@ -41,16 +42,19 @@ class OrbitInfluence:
         ket_self: ``(N,)``, ``a_mᵀ M⁻¹ a_m``.
         elements: the ``K`` element names, in the order of the first axis.
         group_name: the group's short name (used in summary keys).
-        normalization: ``"standard"``, ``"cosine"`` or ``"none"`` (DESIGN §1.3).
+        normalization: ``"standard"`` (rows divided by their standard deviation over ``m``),
+            ``"cosine"`` or ``"none"`` (see :mod:`symcoherence.coherence.normalization`).
         identity: name of the identity element (needed by summaries and ratios).
         metric: name of the metric ``M``.
         info: solver diagnostics (e.g. ``cg_iterations``, ``cg_relative_residual``).
         by_module: for diagonal metrics when asked, ``{module: (K, N, N)}`` raw parts summing
             exactly to ``matrix``.
+        bra_norm: ``(K, N)`` Euclidean norms ``‖b_n^g‖`` (NaN where not recorded); they turn the
+            mean off-diagonal influence into the transfer per unit gradient.
 
-    Vanishing gradients: a probe whose gradient is zero has zero raw influence, and its rows and
-    entries normalize to ``0`` (never NaN), see :mod:`symcoherence.coherence.normalization`; a
-    ratio whose identity median is zero is NaN.
+    Vanishing gradients: a probe whose gradient is zero has zero raw influence; its normalized row
+    is NaN (a degenerate row, counted by :attr:`degenerate_rows`) and summaries skip it. A ratio
+    whose identity median is zero is NaN.
     """
 
     matrix: torch.Tensor
@@ -63,9 +67,12 @@ class OrbitInfluence:
     metric: str = "identity"
     info: dict[str, Any] = field(default_factory=dict)
     by_module: dict[str, torch.Tensor] | None = None
+    bra_norm: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.elements = tuple(self.elements)
+        if self.bra_norm is None:
+            self.bra_norm = torch.full_like(self.bra_self, float("nan"))
         if self.matrix.dim() != 3 or self.matrix.shape[1] != self.matrix.shape[2]:
             raise ValueError(f"matrix must be (K, N, N), got shape {tuple(self.matrix.shape)}")
         k, n = self.matrix.shape[:2]
@@ -74,10 +81,15 @@ class OrbitInfluence:
                 f"need {k} distinct element names for a matrix of shape {tuple(self.matrix.shape)}, "
                 f"got {list(self.elements)}"
             )
-        if tuple(self.bra_self.shape) != (k, n) or tuple(self.ket_self.shape) != (n,):
+        shapes = (
+            tuple(self.bra_self.shape),
+            tuple(self.bra_norm.shape),
+            tuple(self.ket_self.shape),
+        )
+        if shapes != ((k, n), (k, n), (n,)):
             raise ValueError(
-                f"bra_self must be (K, N) = {(k, n)} and ket_self (N,) = {(n,)}, got "
-                f"{tuple(self.bra_self.shape)} and {tuple(self.ket_self.shape)}"
+                f"bra_self and bra_norm must be (K, N) = {(k, n)} and ket_self (N,) = {(n,)}, got "
+                f"{shapes[0]}, {shapes[1]} and {shapes[2]}"
             )
         check_normalization(self.normalization)
 
@@ -104,12 +116,82 @@ class OrbitInfluence:
     @property
     def ratio(self) -> torch.Tensor:
         """Coherence ratio ``ρ(g) = median_n I_n(g) / median_n I_n(e)`` ``(K,)`` float64."""
-        return coherence_ratio(self.influence, self._identity_index())
+        medians = quantiles(self.influence, [0.5])[0]
+        return medians / medians[self._identity_index()]
+
+    @property
+    def coupling(self) -> torch.Tensor:
+        """Specific coupling ``z_n(g)`` ``(K, N)`` (see :mod:`.statistics`)."""
+        return specific_coupling(self.matrix)
+
+    @property
+    def transfer(self) -> torch.Tensor:
+        """Transfer per unit gradient ``t_n(g)`` ``(K, N)`` (see :mod:`.statistics`)."""
+        return unit_transfer(self.matrix, self.bra_norm)
+
+    @property
+    def zero_gradients(self) -> int:
+        """Number of bras ``b_n^g`` whose gradient is exactly zero."""
+        return int((self.bra_norm == 0).sum())
+
+    @property
+    def degenerate_rows(self) -> int:
+        """Rows ``(g, n)`` without a normalized value: no spread, or no gradient."""
+        empty = torch.isnan(self.normalized).all(dim=-1) | (self.bra_norm == 0)
+        return int(empty.sum())
+
+    def health(self) -> dict[str, float]:
+        """Measurement health: degenerate rows, zero gradients and the solver's record."""
+        entries = {
+            "degenerate_rows": float(self.degenerate_rows),
+            "zero_gradients": float(self.zero_gradients),
+        }
+        for name in ("damping", "relative_damping", "solver_residual", "solver_iterations"):
+            value = self.info.get(name)
+            if isinstance(value, Number):
+                entries[name] = float(value)
+        return entries
+
+    def summarize(
+        self,
+        equivariance: torch.Tensor | None = None,
+        *,
+        rollout: torch.Tensor | None = None,
+        rollout_steps: int = 0,
+        confidence: float = 0.9,
+        resamples: int = 1000,
+        seed: int = 0,
+    ) -> Summary:
+        """The structured :class:`~symcoherence.coherence.summary.Summary` of this result.
+
+        Args:
+            equivariance: forward errors ``E`` ``(K, N)`` over the same elements, or ``None``.
+            rollout: rollout equivariance errors ``(K, N)``, or ``None``.
+            rollout_steps: the rollout's length.
+            confidence: level of the bootstrap intervals.
+            resamples: bootstrap resamples.
+            seed: seed of the bootstrap draws.
+        """
+        return summarize(
+            self.normalized,
+            self.coupling,
+            self.transfer,
+            elements=self.elements,
+            identity_index=self._identity_index(),
+            group_name=self.group_name,
+            equivariance=equivariance,
+            rollout=rollout,
+            rollout_steps=rollout_steps,
+            health=self.health(),
+            confidence=confidence,
+            resamples=resamples,
+            seed=seed,
+        )
 
     def summary(
         self, prefix: str = "", equivariance: torch.Tensor | None = None
     ) -> dict[str, float]:
-        """Scalars under the DESIGN §3.3 key names (definitions in :mod:`.summary`).
+        """The logged scalars: :meth:`summarize` under the key names of :mod:`.keys`.
 
         Args:
             prefix: prepended to every key (e.g. ``"val/"``).
@@ -118,16 +200,9 @@ class OrbitInfluence:
                 adds the ``equivariance/...`` keys and the influence–error rank correlation.
 
         Returns:
-            ``{key: value}``.
+            ``{key: value}`` for every finite statistic.
         """
-        return summarize(
-            self.normalized,
-            self.elements,
-            self._identity_index(),
-            self.group_name,
-            prefix,
-            equivariance,
-        )
+        return self.summarize(equivariance).scalars(prefix)
 
     # ------------------------------------------------------------------ rebuilding
     def with_normalization(self, normalization: str) -> OrbitInfluence:
@@ -150,6 +225,7 @@ class OrbitInfluence:
             self,
             matrix=self.matrix[index],
             bra_self=self.bra_self[index],
+            bra_norm=self.bra_norm[index],
             elements=elements,
             by_module=by_module,
         )
@@ -209,6 +285,7 @@ class OrbitInfluence:
             first,
             matrix=torch.cat([part.matrix for part in parts]),
             bra_self=torch.cat([part.bra_self for part in parts]),
+            bra_norm=torch.cat([part.bra_norm for part in parts]),
             elements=tuple(names),
             info=info,
             by_module=by_module,

@@ -1,125 +1,310 @@
-r"""Scalar summaries of orbit influence under the logged key names of DESIGN §3.3.
+r"""The structured summary of one measurement, and the logged scalars derived from it.
 
-With ``I_n(g) = Ĥ^g[n, n]`` the normalized diagonal (``K × N``) and ``e`` the identity:
+With ``I_n(g) = Ĥ^g[n, n]`` the normalized diagonal (``K × N``), ``z_n(g)`` the specific coupling,
+``t_n(g)`` the transfer per unit gradient (:mod:`symcoherence.coherence.statistics`) and ``e`` the
+identity, per element ``g``:
 
-* ``{p}influence/{G}/{g}/{median|q1|q3}``: quantiles over samples of ``I_n(g)`` (linear
-  interpolation, so the median of an even count is the mean of the middle two);
-* ``{p}coherence/{G}/ratio/{g}``: ``ρ(g) = median_n I_n(g) / median_n I_n(e)``;
-* ``{p}coherence/{G}/orbit``: ``mean_{g≠e} ρ(g)``; ``{p}basin/{G}/compatibility``:
-  ``min_{g≠e} ρ(g)``; with the identity as the only element both are ``1`` (ρ(e) = 1);
-* ``{p}baseline/{G}/offdiag_median``: the ratio statistic on random pairs,
-  ``median_{g, n, m≠n} Ĥ^g[n, m] / median_n I_n(e)`` (NaN for ``N = 1``);
-* with forward errors ``E`` (``K × N``, :func:`~symcoherence.coherence.equivariance_error`):
-  ``{p}equivariance/{G}/{g}/{median|q3}`` over samples, and
-  ``{p}basin/{G}/influence_error_rank_corr``: Spearman's rank correlation (average ranks for ties)
-  between ``ρ(g)`` and ``log median_n E_n(g)`` over ``g ≠ e``. The key is **omitted** when fewer
-  than 3 such elements exist, when a value is not finite, or when either side is constant (the
-  correlation is undefined there).
+* influence: median, q1, q3 over probes of ``I_n(g)`` and a bootstrap interval of the median;
+* **coherence ratio** ``ρ(g) = median_n I_n(g) / median_n I_n(e)`` with its interval (the paper's
+  statistic; dominated by the gradient direction all probes share, so read it beside the
+  baseline);
+* **random-pair baseline**: ``median_{n≠m} Ĥ^g[n, m] / median_n I_n(e)``, the ``ρ`` statistic on
+  unrelated pairs of the same element; a ``ρ(g)`` at or below it says nothing orbit-specific;
+* **specific coupling** ``median_n z_n(g)`` with its interval, on its own scale (never a ratio to
+  ``z(e)``, which the probe-batch Gauss–Newton metric inflates);
+* **distribution transfer** ``τ(g) = median_n t_n(g) / median_n t_n(e)`` with its interval;
+* forward error ``E_n(g)``: median (with interval) and q3; the rollout error's median and q3.
 
-A ratio whose denominator ``median_n I_n(e)`` is zero is NaN (no finite ratio exists).
+Across elements: **orbit coherence** ``mean_{g≠e} ρ(g)``, **basin compatibility**
+``min_{g≠e} ρ(g)`` (both ``1`` when the identity is the only element) and the rank correlation
+of ``ρ(g)`` with ``|log E(g)|`` at q3 over ``g ≠ e`` with its permutation p-value (omitted when
+undefined; over the 7 non-identity elements of D4, ``|r| > 0.79`` is needed for ``p < 0.05``).
+
+Medians skip degenerate (NaN) probes. A statistic that cannot be formed is NaN in the structured
+summary and left out of :meth:`Summary.scalars`.
 
 Example:
     >>> import torch
-    >>> from symcoherence.coherence.summary import spearman
-    >>> spearman(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 20.0, 40.0]))
-    1.0
+    >>> from symcoherence.coherence import OrbitInfluence
+    >>> h = torch.eye(3).repeat(2, 1, 1) * torch.tensor([2.0, 1.0])[:, None, None] + 1.0
+    >>> result = OrbitInfluence(h, torch.ones(2, 3), torch.ones(3), ("e", "r"), "C2", "none")
+    >>> summary = result.summarize()
+    >>> summary.element("r").ratio, summary.compatibility
+    (0.6666666666666666, 0.6666666666666666)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
 import torch
 
+from symcoherence.coherence.keys import Keys
+from symcoherence.coherence.statistics import (
+    bootstrap_interval,
+    quantiles,
+    resampled_medians,
+    spearman,
+)
 
-def quantiles(values: torch.Tensor, q: Sequence[float]) -> torch.Tensor:
-    """Quantiles along the last axis, linear interpolation: ``(..., N) -> (len(q), ...)``."""
-    values = values.to(torch.float64)
-    return torch.quantile(values, torch.tensor(q, dtype=values.dtype, device=values.device), dim=-1)
-
-
-def _ranks(values: torch.Tensor) -> torch.Tensor:
-    below = (values[None, :] < values[:, None]).sum(1).to(torch.float64)
-    equal = (values[None, :] == values[:, None]).sum(1).to(torch.float64)
-    return below + (equal + 1) / 2
+NAN = float("nan")
 
 
-def _significant(values: torch.Tensor, digits: int = 6) -> torch.Tensor:
-    """``values`` rounded to ``digits`` significant digits of their largest magnitude."""
-    scale = values.abs().max()
-    return values if scale == 0 else torch.round(values / scale * 10**digits)
+@dataclass(frozen=True)
+class ElementSummary:
+    """Every per-element statistic of one measurement (NaN where not formed).
 
-
-def spearman(x: torch.Tensor, y: torch.Tensor) -> float | None:
-    """Spearman's rank correlation of two 1-D tensors; ``None`` when undefined.
-
-    Undefined means fewer than 3 values, a non-finite value, or a constant side. Values are
-    compared to 6 significant digits, so differences at round-off level are ties: an exactly
-    equivariant model (ρ = 1 and E = 1 up to round-off) has no correlation to report.
+    ``*_lo`` / ``*_hi`` are bootstrap interval bounds of the statistic before them.
     """
-    if x.numel() < 3 or not (torch.isfinite(x).all() and torch.isfinite(y).all()):
-        return None
-    rx, ry = _ranks(_significant(x.double())), _ranks(_significant(y.double()))
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    scale = (rx.pow(2).sum() * ry.pow(2).sum()).sqrt()
-    if scale == 0:
-        return None
-    return float((rx * ry).sum() / scale)
+
+    element: str
+    influence_median: float
+    influence_q1: float
+    influence_q3: float
+    influence_lo: float
+    influence_hi: float
+    ratio: float
+    ratio_lo: float
+    ratio_hi: float
+    baseline: float
+    coupling: float
+    coupling_lo: float
+    coupling_hi: float
+    transfer: float
+    transfer_lo: float
+    transfer_hi: float
+    equivariance_median: float = NAN
+    equivariance_q3: float = NAN
+    equivariance_lo: float = NAN
+    equivariance_hi: float = NAN
+    rollout_median: float = NAN
+    rollout_q3: float = NAN
 
 
-def coherence_ratio(influence: torch.Tensor, identity_index: int) -> torch.Tensor:
-    """``ρ(g) = median_n I_n(g) / median_n I_n(e)`` from ``I`` ``(K, N)`` -> ``(K,)`` float64."""
-    medians = quantiles(influence, [0.5])[0]
-    return medians / medians[identity_index]
+@dataclass(frozen=True)
+class Summary:
+    """The summary of one measurement over a group's elements.
+
+    Attributes:
+        group: the group's short name.
+        identity: the identity element's name.
+        elements: one :class:`ElementSummary` per element, identity first when measured.
+        orbit: orbit coherence ``mean_{g≠e} ρ(g)``.
+        compatibility: basin compatibility ``min_{g≠e} ρ(g)``.
+        baseline: the random-pair statistic over all elements.
+        rank_corr: Spearman of ``ρ`` vs ``|log E|`` (q3), or ``None``.
+        rank_corr_pvalue: its permutation p-value, or ``None``.
+        rollout_steps: length of the rollout behind ``rollout_*`` (0: none).
+        health: measurement health: degenerate rows, zero gradients, solver damping and residual,
+            seconds.
+        confidence: level of the intervals.
+    """
+
+    group: str
+    identity: str
+    elements: tuple[ElementSummary, ...]
+    orbit: float
+    compatibility: float
+    baseline: float
+    rank_corr: float | None = None
+    rank_corr_pvalue: float | None = None
+    rollout_steps: int = 0
+    health: Mapping[str, float] = field(default_factory=dict)
+    confidence: float = 0.9
+
+    def element(self, name: str) -> ElementSummary:
+        """The summary of element ``name``."""
+        for row in self.elements:
+            if row.element == name:
+                return row
+        raise KeyError(f"no element {name!r}; this summary has {[r.element for r in self]}")
+
+    def __iter__(self) -> Iterator[ElementSummary]:
+        return iter(self.elements)
+
+    def scalars(self, prefix: str = "") -> dict[str, float]:
+        """The finite statistics under their logged key names (:mod:`.keys`)."""
+        keys = Keys(self.group, prefix)
+        out: dict[str, float | None] = {}
+        for row in self.elements:
+            g = row.element
+            for stat, value in (
+                ("median", row.influence_median),
+                ("q1", row.influence_q1),
+                ("q3", row.influence_q3),
+                ("median_lo", row.influence_lo),
+                ("median_hi", row.influence_hi),
+            ):
+                out[keys.influence(g, stat)] = value
+            for bound, suffix in (("", ""), ("lo", "_lo"), ("hi", "_hi")):
+                out[keys.ratio(g, bound)] = getattr(row, f"ratio{suffix}")
+                out[keys.coupling(g, bound)] = getattr(row, f"coupling{suffix}")
+                out[keys.transfer(g, bound)] = getattr(row, f"transfer{suffix}")
+            out[keys.baseline(g)] = row.baseline
+            for stat, value in (
+                ("median", row.equivariance_median),
+                ("q3", row.equivariance_q3),
+                ("median_lo", row.equivariance_lo),
+                ("median_hi", row.equivariance_hi),
+            ):
+                out[keys.equivariance(g, stat)] = value
+            if self.rollout_steps:
+                out[keys.rollout(self.rollout_steps, g, "median")] = row.rollout_median
+                out[keys.rollout(self.rollout_steps, g, "q3")] = row.rollout_q3
+        out[keys.orbit()] = self.orbit
+        out[keys.compatibility()] = self.compatibility
+        out[keys.baseline()] = self.baseline
+        out[keys.rank_corr()] = self.rank_corr
+        out[keys.rank_corr(pvalue=True)] = self.rank_corr_pvalue
+        for name, value in self.health.items():
+            out[keys.measurement(name)] = value
+        return {
+            key: float(value)
+            for key, value in out.items()
+            if value is not None and math.isfinite(value)
+        }
+
+    def verdict(self) -> str:
+        """One line: the worst element's ratio against its own random-pair baseline."""
+        others = [row for row in self.elements if row.element != self.identity]
+        if not others:
+            return f"{self.group}: only the identity was measured"
+        worst = min(others, key=lambda row: row.ratio if math.isfinite(row.ratio) else math.inf)
+        above = worst.ratio_lo > worst.baseline
+        relation = "above" if above else "not above"
+        return (
+            f"{self.group}: lowest ratio ρ({worst.element}) = {worst.ratio:.3g} "
+            f"[{worst.ratio_lo:.3g}, {worst.ratio_hi:.3g}] is {relation} its random-pair "
+            f"baseline {worst.baseline:.3g}; specific coupling {worst.coupling:.3g}, "
+            f"distribution transfer {worst.transfer:.3g}"
+        )
+
+
+def _medians_with_interval(
+    values: torch.Tensor, interval: dict, identity: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Medians over probes of ``values`` ``(K, N)`` (divided by the identity's when given)."""
+
+    def statistic(indices: torch.Tensor) -> torch.Tensor:
+        medians = resampled_medians(values, indices)
+        return medians if identity is None else medians / medians[identity]
+
+    medians = quantiles(values, [0.5])[0]
+    point = medians if identity is None else medians / medians[identity]
+    lower, upper = bootstrap_interval(statistic, values.shape[-1], **interval)
+    return point, lower, upper
 
 
 def summarize(
     normalized: torch.Tensor,
-    elements: Sequence[str],
+    coupling: torch.Tensor,
+    transfer: torch.Tensor,
+    *,
+    elements: tuple[str, ...],
     identity_index: int,
     group_name: str,
-    prefix: str = "",
     equivariance: torch.Tensor | None = None,
-) -> dict[str, float]:
-    """The DESIGN §3.3 dictionary (see the module docstring) from normalized ``Ĥ`` ``(K, N, N)``."""
-    num = normalized.shape[-1]
-    influence = normalized.diagonal(dim1=-2, dim2=-1)
-    stats = quantiles(influence, [0.5, 0.25, 0.75])
-    ratio = coherence_ratio(influence, identity_index)
-    out: dict[str, float] = {}
-    for k, element in enumerate(elements):
-        for j, label in enumerate(("median", "q1", "q3")):
-            out[f"{prefix}influence/{group_name}/{element}/{label}"] = float(stats[j, k])
-    for k, element in enumerate(elements):
-        out[f"{prefix}coherence/{group_name}/ratio/{element}"] = float(ratio[k])
-    others = [k for k in range(len(elements)) if k != identity_index]
-    rest = ratio[others] if others else ratio[[identity_index]]
-    out[f"{prefix}coherence/{group_name}/orbit"] = float(rest.mean())
-    out[f"{prefix}basin/{group_name}/compatibility"] = float(rest.min())
-    off = ~torch.eye(num, dtype=torch.bool, device=normalized.device)
-    pairs = normalized[:, off]
-    baseline = (
-        quantiles(pairs.reshape(-1), [0.5])[0] if pairs.numel() else torch.tensor(float("nan"))
-    )
-    out[f"{prefix}baseline/{group_name}/offdiag_median"] = float(
-        baseline / stats[0, identity_index]
-    )
-    if equivariance is not None:
-        if tuple(equivariance.shape) != tuple(influence.shape):
+    rollout: torch.Tensor | None = None,
+    rollout_steps: int = 0,
+    health: Mapping[str, float] | None = None,
+    confidence: float = 0.9,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> Summary:
+    """Build the :class:`Summary` (definitions in the module docstring).
+
+    Args:
+        normalized: normalized ``Ĥ`` ``(K, N, N)``.
+        coupling: specific coupling ``z`` ``(K, N)``.
+        transfer: transfer per unit gradient ``t`` ``(K, N)``.
+        elements: the ``K`` element names.
+        identity_index: position of the identity in ``elements``.
+        group_name: the group's short name.
+        equivariance: forward errors ``E`` ``(K, N)``, or ``None``.
+        rollout: rollout equivariance errors ``(K, N)``, or ``None``.
+        rollout_steps: the rollout's length.
+        health: measurement-health entries to carry.
+        confidence: level of the bootstrap intervals.
+        resamples: bootstrap resamples.
+        seed: seed of the bootstrap draws.
+    """
+    shape = tuple(normalized.shape[:2])
+    for name, value in (("equivariance", equivariance), ("rollout", rollout)):
+        if value is not None and tuple(value.shape) != shape:
             raise ValueError(
-                f"equivariance must be the (K, N) = {tuple(influence.shape)} tensor of "
-                f"equivariance_error over the same elements {list(elements)}, got shape "
-                f"{tuple(equivariance.shape)}"
+                f"{name} must be (K, N) = {shape} over the same elements {list(elements)}, got "
+                f"shape {tuple(value.shape)}"
             )
-        errors = quantiles(equivariance, [0.5, 0.75])
-        for k, element in enumerate(elements):
-            out[f"{prefix}equivariance/{group_name}/{element}/median"] = float(errors[0, k])
-            out[f"{prefix}equivariance/{group_name}/{element}/q3"] = float(errors[1, k])
-        # ranks of log E equal ranks of E (log is increasing), and E = 0 stays rankable
-        corr = spearman(ratio[others], errors[0, others])
-        if corr is not None:
-            out[f"{prefix}basin/{group_name}/influence_error_rank_corr"] = corr
-    return out
+    interval = {"confidence": confidence, "resamples": resamples, "seed": seed}
+    influence = normalized.diagonal(dim1=-2, dim2=-1).to(torch.float64).cpu()
+    q1, q3 = quantiles(influence, [0.25, 0.75])
+    median, median_lo, median_hi = _medians_with_interval(influence, interval)
+    ratio, ratio_lo, ratio_hi = _medians_with_interval(influence, interval, identity_index)
+    coupled, coupled_lo, coupled_hi = _medians_with_interval(coupling.cpu(), interval)
+    moved, moved_lo, moved_hi = _medians_with_interval(transfer.cpu(), interval, identity_index)
+    num = normalized.shape[-1]
+    off = ~torch.eye(num, dtype=torch.bool)
+    pairs = normalized.to(torch.float64).cpu()[:, off]  # (K, N(N-1))
+    identity_median = median[identity_index]
+    if pairs.shape[-1]:
+        per_element = quantiles(pairs, [0.5])[0] / identity_median
+        overall = float(quantiles(pairs.reshape(-1), [0.5])[0] / identity_median)
+    else:
+        per_element, overall = torch.full((len(elements),), NAN), NAN
+    rows = {
+        "influence_median": median,
+        "influence_q1": q1,
+        "influence_q3": q3,
+        "influence_lo": median_lo,
+        "influence_hi": median_hi,
+        "ratio": ratio,
+        "ratio_lo": ratio_lo,
+        "ratio_hi": ratio_hi,
+        "baseline": per_element,
+        "coupling": coupled,
+        "coupling_lo": coupled_lo,
+        "coupling_hi": coupled_hi,
+        "transfer": moved,
+        "transfer_lo": moved_lo,
+        "transfer_hi": moved_hi,
+    }
+    rank_corr = None
+    others = [k for k in range(len(elements)) if k != identity_index]
+    if equivariance is not None:
+        errors = equivariance.to(torch.float64).cpu()
+        rows["equivariance_median"], rows["equivariance_lo"], rows["equivariance_hi"] = (
+            _medians_with_interval(errors, interval)
+        )
+        rows["equivariance_q3"] = quantiles(errors, [0.75])[0]
+        rank_corr = spearman(ratio[others], rows["equivariance_q3"][others].log().abs(), seed=seed)
+    if rollout is not None:
+        rows["rollout_median"], rows["rollout_q3"] = quantiles(rollout.cpu(), [0.5, 0.75])
+    summaries = tuple(
+        ElementSummary(element, **{name: float(values[k]) for name, values in rows.items()})
+        for k, element in enumerate(elements)
+    )
+    rest = ratio[others] if others else ratio[[identity_index]]
+    return Summary(
+        group=group_name,
+        identity=elements[identity_index],
+        elements=summaries,
+        orbit=float(rest.mean()),
+        compatibility=float(rest.min()),
+        baseline=overall,
+        rank_corr=None if rank_corr is None else rank_corr[0],
+        rank_corr_pvalue=None if rank_corr is None else rank_corr[1],
+        rollout_steps=rollout_steps if rollout is not None else 0,
+        health=dict(health or {}),
+        confidence=confidence,
+    )
 
 
-__all__ = ["coherence_ratio", "quantiles", "spearman", "summarize"]
+def replace_health(summary: Summary, **entries: float) -> Summary:
+    """``summary`` with ``entries`` added to its health record."""
+    return dataclasses.replace(summary, health={**summary.health, **entries})
+
+
+__all__ = ["ElementSummary", "Summary", "replace_health", "summarize"]

@@ -8,8 +8,6 @@ import random
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from helpers.tiny import (
     RecordingLogger,
     TinyData,
@@ -17,6 +15,8 @@ from helpers.tiny import (
     tiny_backbone,
     trainer,
 )
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
 import symcoherence as sc

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from helpers.tiny import (
     PlainData,
     RecordingLogger,
@@ -15,6 +14,7 @@ from helpers.tiny import (
     tiny_backbone,
     trainer,
 )
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 import symcoherence as sc

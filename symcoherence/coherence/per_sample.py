@@ -6,6 +6,13 @@ picked so that the batched path is never slower than a Python loop on CPU and it
 bounded. Complex parameters (spectral layers) are flattened as pairs of real numbers, so the flat
 inner product is the real Euclidean one, ``⟨b, a⟩ = Σ Re(b̄ a)``.
 
+Models that ``vmap`` cannot batch (an in-place write of per-sample values into a tensor created in
+``forward``, an operator without a batching rule, ``.item()`` or data-dependent control flow, a
+custom ``torch.autograd.Function`` without ``setup_context`` or a vmap rule) fall back, with one
+warning, to a per-sample loop of ``torch.autograd.grad``. A selected parameter that the loss does
+not depend on (an unused head, or a layer that convolves with a filter cached in eval mode) is
+reported as an error rather than given silent zero gradients.
+
 Example:
     >>> import torch
     >>> from symcoherence.coherence import per_sample_grads, smse
@@ -21,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Literal
 
@@ -42,6 +50,22 @@ _AUTO_CHUNK_GPU_CAP = 256
 # On CPU, vmap over fewer samples than this loses to a plain loop (measured on the small U-Net and
 # FNO presets at 64²), so smaller automatic chunks fall back to the loop.
 _AUTO_CHUNK_CPU_MIN = 4
+
+# Fragments of the errors that torch.func's transforms raise for code that plain autograd runs:
+# "vmap: ..." (in-place writes of per-sample values into a tensor shared by all samples, `.item()`,
+# data-dependent control flow), operators without a batching rule, in-place writes to buffers
+# under `grad` ("would mutate a captured Tensor"), `.numpy()` / data pointers of transformed
+# tensors ("doesn't have storage") and custom autograd.Functions written for plain autograd only
+# (no `setup_context`, or no vmap rule). Errors about random operations never qualify: they are
+# what the `randomness` argument decides.
+_TRANSFORM_ONLY_ERRORS = (
+    "vmap: ",
+    "batching rule",
+    "would mutate a captured Tensor",
+    "doesn't have storage",
+    "autograd.Function with functorch transforms",
+    "does not have vmap support",
+)
 
 
 def _plain(tensor: torch.Tensor) -> torch.Tensor:
@@ -155,6 +179,12 @@ def check_modes(model: nn.Module, randomness: Randomness) -> None:
 class FunctionalModel:
     """A model called as a pure function of a (selected) parameter dict.
 
+    The first gradient computation checks, with one plain autograd pass on its first sample, that
+    the loss depends on every selected parameter. Where ``vmap`` cannot batch the model, it
+    switches, with one warning, to a per-sample loop of ``torch.autograd.grad`` for this and
+    every later call. Modules are never hashed inside ``torch.func`` transforms (tied parameters are
+    resolved once, up front), so modules whose ``__hash__`` reads tensor data work.
+
     Args:
         model: the module; it is never modified.
         parameter_filter: ``None`` (all parameters with ``requires_grad``), a callable
@@ -163,7 +193,10 @@ class FunctionalModel:
     Attributes:
         params: the selected parameters, detached ``{name: tensor}``.
         originals: the same parameters as the model holds them (for optimizer-state look-ups).
+        constants: the other parameters and the buffers, detached ``{name: tensor}``.
         layout: their :class:`ParameterLayout` (``layout.size`` is ``P``).
+        device: the device of the selected parameters.
+        dtype: their real dtype (``float32`` for ``complex64`` parameters).
     """
 
     def __init__(self, model: nn.Module, parameter_filter: ParameterFilter = None):
@@ -179,10 +212,17 @@ class FunctionalModel:
         first = next(iter(self.params.values()))
         self.device = first.device
         self.dtype = first.real.dtype if first.is_complex() else first.dtype
+        self._aliases = _tied_aliases(model)
+        self._connected = False  # set once the first sample proved every parameter is used
+        self._loop_only = False  # set once vmap failed for a reason the loop avoids
 
     def __call__(self, params: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
         """``f_θ(inputs)`` for a batch ``(B, C, H, W)``."""
-        return functional_call(self.model, {**self.constants, **params}, (inputs,))
+        values = {**self.constants, **params}
+        values.update({alias: values[name] for alias, name in self._aliases.items()})
+        # tie_weights=False: torch would otherwise find tied tensors by walking (and hashing) the
+        # modules inside the transform; the ties were resolved in __init__ instead
+        return functional_call(self.model, values, (inputs,), tie_weights=False)
 
     def sample_loss(self, loss_fn: LossFn) -> Callable:
         """``(params, x, y) -> loss(f(x[None])[0], y)`` for one unbatched sample."""
@@ -200,31 +240,69 @@ class FunctionalModel:
         chunk_size: ChunkSize = "auto",
         randomness: Randomness = "error",
     ) -> Iterator[tuple[slice, dict[str, torch.Tensor]]]:
-        """Yield ``(samples, {name: (c, *shape)})`` per chunk of samples."""
+        """Yield ``(samples, {name: (c, *shape)})`` per chunk of samples.
+
+        Raises:
+            ValueError: if the loss on the first sample does not depend on some selected
+                parameters (checked on the first call only).
+        """
         size = resolve_chunk_size(
             chunk_size, inputs.shape[0], self.layout.size, self.dtype, self.device
         )
-        if size == 1 and randomness == "error":
-            for start in range(inputs.shape[0]):
-                yield (
-                    slice(start, start + 1),
-                    self._autograd_grad(loss_fn, inputs[start], targets[start]),
-                )
-            return
+        loop = self._loop_only or (size == 1 and randomness == "error")
+        if not (loop or self._connected):
+            self._autograd_grad(loss_fn, inputs[0], targets[0])  # the check only
         batched = vmap(grad(self.sample_loss(loss_fn)), in_dims=(None, 0, 0), randomness=randomness)
         for start in range(0, inputs.shape[0], size):
             samples = slice(start, min(start + size, inputs.shape[0]))
-            yield samples, batched(self.params, inputs[samples], targets[samples])
+            if not loop:
+                try:
+                    block = batched(self.params, inputs[samples], targets[samples])
+                except RuntimeError as error:
+                    if randomness == "same" or not _loop_avoids(error):
+                        raise
+                    self._switch_to_loop(error)
+                    loop = True
+                else:
+                    yield samples, block
+                    continue
+            parts = [
+                self._autograd_grad(loss_fn, x, y)
+                for x, y in zip(inputs[samples], targets[samples], strict=True)
+            ]
+            yield samples, {name: torch.stack([p[name] for p in parts]) for name in parts[0]}
+
+    def _switch_to_loop(self, error: RuntimeError) -> None:
+        """Use the per-sample loop from now on, and say why, once."""
+        self._loop_only = True
+        warnings.warn(
+            f"vmap cannot batch this model's per-sample gradients ({type(error).__name__}: "
+            f"{error}); falling back to a per-sample loop; pass chunk_size=1 to choose it "
+            "directly",
+            stacklevel=3,
+        )
 
     def _autograd_grad(
         self, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """One sample's gradient with plain ``torch.autograd.grad``, shaped ``{name: (1, ...)}``."""
+        """One sample's gradient ``{name: (*shape)}`` with plain ``torch.autograd.grad``.
+
+        The first call raises if the loss does not depend on some parameters; later calls give
+        zeros for parameters that this sample's loss does not reach.
+        """
         leaves = {name: p.detach().requires_grad_() for name, p in self.params.items()}
         loss = self.sample_loss(loss_fn)(leaves, x, y)
-        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        if loss.requires_grad:
+            grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        else:
+            grads = (None,) * len(leaves)
+        if not self._connected:
+            unused = [name for name, g in zip(leaves, grads, strict=True) if g is None]
+            if unused:
+                raise ValueError(_unused_message(unused, list(leaves)))
+            self._connected = True
         return {
-            name: (torch.zeros_like(leaf) if g is None else g).unsqueeze(0)
+            name: torch.zeros_like(leaf) if g is None else g
             for (name, leaf), g in zip(leaves.items(), grads, strict=True)
         }
 
@@ -246,6 +324,50 @@ class FunctionalModel:
         for samples, block in self.flat_grads(loss_fn, inputs, targets, chunk_size, randomness):
             out[samples] = block
         return out
+
+
+def _tied_aliases(model: nn.Module) -> dict[str, str]:
+    """``{alias: name}`` for tensors that two module attributes share (tied weights).
+
+    ``name`` is the tensor's first name in ``model.named_parameters()`` / ``named_buffers()``. A
+    module reached along two paths (one layer applied twice) holds its tensors in one place and
+    needs no alias: ``named_modules()`` lists it once.
+    """
+    aliases: dict[str, str] = {}
+    first_name: dict[int, str] = {}
+    for prefix, module in model.named_modules():
+        for named in (module.named_parameters, module.named_buffers):
+            for name, tensor in named(prefix=prefix, recurse=False, remove_duplicate=False):
+                if id(tensor) in first_name:
+                    aliases[name] = first_name[id(tensor)]
+                else:
+                    first_name[id(tensor)] = name
+    return aliases
+
+
+def _loop_avoids(error: RuntimeError) -> bool:
+    """Whether ``error`` comes from a ``torch.func`` transform that a plain autograd loop avoids."""
+    message = str(error)
+    return "random" not in message and any(part in message for part in _TRANSFORM_ONLY_ERRORS)
+
+
+def _unused_message(unused: list[str], selected: list[str]) -> str:
+    """The error for selected parameters that the loss does not depend on."""
+    fixes = (
+        "keep such layers in training mode while measuring (OrbitCoherenceMonitor("
+        "eval_mode=False), or call .train() on them)"
+    )
+    if len(unused) < len(selected):
+        fixes += (
+            ", or leave the unused parameters out with a parameter_filter (a callable "
+            "(name, parameter) -> bool that is False for them, or a list of the other names)"
+        )
+    return (
+        f"the loss does not depend on the selected parameter(s) {unused} (checked on the first "
+        "sample), so their per-sample gradients would be meaningless zeros. Either the forward "
+        "pass does not use them (a head that is not called) or it uses a copy of them, such as "
+        "a filter that a layer caches in a buffer in eval mode (escnn's R2Conv). Fix: " + fixes
+    )
 
 
 def resolve_chunk_size(
@@ -319,7 +441,9 @@ def per_sample_grads(
         inputs: ``(N, C, H, W)``.
         targets: ``(N, ...)``, one per input.
         chunk_size: samples per vmapped call: ``"auto"`` (bounded memory, never slower than a loop
-            on CPU), a positive int, or ``None`` for all at once.
+            on CPU), a positive int, or ``None`` for all at once. ``1`` runs a plain loop of
+            ``torch.autograd.grad``, which is also what a model that ``vmap`` cannot batch falls
+            back to (with a warning naming the cause).
         parameter_filter: which parameters: ``None`` (all with ``requires_grad``), a callable
             ``(name, parameter) -> bool`` or a list of names.
         flatten: return one ``(N, P)`` real tensor (complex parameters as real/imaginary pairs, in
@@ -332,7 +456,12 @@ def per_sample_grads(
 
     Raises:
         ValueError: on mismatched sample counts, BatchNorm in training mode, active dropout with
-            ``randomness="error"``, or a filter that selects nothing.
+            ``randomness="error"``, a filter that selects nothing, or selected parameters that
+            the loss does not depend on (unused, or replaced by a cached copy in eval mode).
+
+    Warns:
+        UserWarning: once, when ``vmap`` cannot batch the model (e.g. an in-place write into a
+            tensor created in ``forward``) and the per-sample loop is used instead.
     """
     check_pair(inputs, targets)
     check_modes(model, randomness)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -82,23 +83,71 @@ def declared_defaults(datamodule: Any) -> dict[str, Any]:
     }
 
 
+BatchItems = tuple[Any, Any] | Callable[[Any], tuple[torch.Tensor, torch.Tensor]]
+
+
+def check_batch_items(batch_items: Any) -> None:
+    """Raise ``TypeError`` unless ``batch_items`` is a pair of keys/indices or a callable."""
+    if callable(batch_items):
+        return
+    if not isinstance(batch_items, (tuple, list)) or len(batch_items) != 2:
+        raise TypeError(
+            "batch_items says which items of a dataset sample are (input, target): a pair of "
+            "keys or indices such as ('x', 'y') or (0, 1), or a function sample -> (x, y); got "
+            f"{batch_items!r}"
+        )
+
+
+def split_item(item: Any, batch_items: BatchItems) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input, target)`` of one dataset sample (a tuple, list or dict; see ``batch_items``)."""
+    if callable(batch_items):
+        pair = batch_items(item)
+    else:
+        try:
+            pair = (item[batch_items[0]], item[batch_items[1]])
+        except (KeyError, IndexError, TypeError) as error:
+            available = (
+                list(item)
+                if isinstance(item, dict)
+                else f"{len(item)} items"
+                if isinstance(item, (tuple, list))
+                else type(item).__name__
+            )
+            raise TypeError(
+                f"cannot take (input, target) = items {tuple(batch_items)} of a dataset sample "
+                f"({available}): {error!r}; pass batch_items=(input key, target key) or a "
+                "function sample -> (input, target) to OrbitCoherenceMonitor"
+            ) from None
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+        raise TypeError(f"batch_items must give an (input, target) pair, got {type(pair).__name__}")
+    return torch.as_tensor(pair[0]), torch.as_tensor(pair[1])
+
+
 def draw_probe(
-    datamodule: Any, pl_module: nn.Module, size: int, split: str, seed: int
+    datamodule: Any,
+    pl_module: nn.Module,
+    size: int,
+    split: str,
+    seed: int,
+    *,
+    trainer: Any = None,
+    batch_items: BatchItems = (0, 1),
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Draw the fixed probe set ``(inputs (N, C, H, W), targets, identity)``.
 
     From ``datamodule.probe_batch(size, split=split, seed=seed)`` when the datamodule has it;
-    otherwise ``size`` distinct items of the ``{split}_dataloader()`` dataset of the datamodule (or
-    of ``pl_module`` without one), chosen by a generator seeded with ``seed`` (the global RNG is
-    not used). ``identity`` records the source, split, seed, size, the indices (dataset draw) and a
-    SHA-256 of the tensors.
+    otherwise ``size`` distinct items of the ``{split}`` dataset — of the datamodule's or the
+    module's ``{split}_dataloader()``, else of the dataloaders given to ``trainer.fit`` — chosen by
+    a generator seeded with ``seed`` (the global RNG is not used); ``batch_items`` picks input and
+    target out of each sample. ``identity`` records the source, split, seed, size, the indices
+    (dataset draw) and a SHA-256 of the tensors.
     """
     identity: dict[str, Any] = {"split": split, "seed": seed, "size": size}
     if callable(getattr(datamodule, "probe_batch", None)):
         inputs, targets = datamodule.probe_batch(size, split=split, seed=seed)
         identity["source"] = "probe_batch"
     else:
-        dataset = _dataset(datamodule, pl_module, split)
+        dataset, origin = _dataset(datamodule, pl_module, split, trainer)
         if len(dataset) < size:
             raise ValueError(
                 f"the {split} dataset has {len(dataset)} samples but probe_size={size}; lower "
@@ -106,16 +155,10 @@ def draw_probe(
             )
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
         indices = sorted(order[:size].tolist())
-        pairs = [dataset[i] for i in indices]
-        if not all(isinstance(p, (tuple, list)) and len(p) >= 2 for p in pairs):
-            raise TypeError(
-                f"{split} dataset items must be (input, target) pairs, got "
-                f"{type(pairs[0]).__name__}; give the datamodule a probe_batch(n, split, seed) "
-                "method returning (inputs, targets)"
-            )
-        inputs = torch.stack([torch.as_tensor(p[0]) for p in pairs])
-        targets = torch.stack([torch.as_tensor(p[1]) for p in pairs])
-        identity.update(source=f"{split}_dataloader", indices=indices)
+        pairs = [split_item(dataset[i], batch_items) for i in indices]
+        inputs = torch.stack([p[0] for p in pairs])
+        targets = torch.stack([p[1] for p in pairs])
+        identity.update(source=origin, indices=indices)
     if inputs.shape[0] != size or targets.shape[0] != size:
         raise ValueError(
             f"expected {size} probe pairs, got inputs {tuple(inputs.shape)} and targets "
@@ -127,17 +170,37 @@ def draw_probe(
     return inputs.to(device, dtype), targets.to(device, dtype), identity
 
 
-def _dataset(datamodule: Any, pl_module: nn.Module, split: str) -> Any:
+def _trainer_loaders(trainer: Any, split: str) -> Any:
+    """The dataloader(s) of ``split`` that were passed to ``trainer.fit`` (loaded if need be)."""
+    if split == "train":
+        return trainer.train_dataloader
+    if split == "val":
+        if trainer.val_dataloaders is None:
+            trainer.fit_loop.epoch_loop.val_loop.setup_data()
+        return trainer.val_dataloaders
+    return trainer.test_dataloaders
+
+
+def _dataset(datamodule: Any, pl_module: nn.Module, split: str, trainer: Any) -> tuple[Any, str]:
+    """The map-style dataset of ``split`` and a description of where it came from."""
     from lightning.pytorch.utilities.model_helpers import is_overridden
 
     hook = f"{split}_dataloader"
-    source = datamodule if datamodule is not None else pl_module
-    if not is_overridden(hook, source):
+    loader, origin = None, f"{split}_dataloader"
+    for source in (datamodule, pl_module):
+        if source is not None and is_overridden(hook, source):
+            loader = getattr(source, hook)()
+            break
+    else:
+        if trainer is not None:
+            loader, origin = _trainer_loaders(trainer, split), f"trainer {split} dataloader"
+    if loader is None:
+        where = type(datamodule if datamodule is not None else pl_module).__name__
         raise ValueError(
-            f"no probe data: {type(source).__name__} has neither probe_batch(n, split, seed) nor "
-            f"{hook}(); add one of them or choose another probe_split ({list(SPLITS)})"
+            f"no probe data: {where} has neither probe_batch(n, split, seed) nor {hook}(), and "
+            f"the trainer was given no {split} dataloader; add one of them or choose another "
+            f"probe_split ({list(SPLITS)})"
         )
-    loader = getattr(source, hook)()
     if isinstance(loader, (list, tuple)):
         loader = loader[0]
     elif isinstance(loader, dict):
@@ -145,10 +208,11 @@ def _dataset(datamodule: Any, pl_module: nn.Module, split: str) -> Any:
     dataset = getattr(loader, "dataset", None)
     if dataset is None or not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
         raise TypeError(
-            f"{hook}() must return a DataLoader over a map-style dataset to draw probes from, "
-            f"got {type(loader).__name__}; give the datamodule a probe_batch(n, split, seed) method"
+            f"the {split} dataloader must be a DataLoader over a map-style dataset to draw probes "
+            f"from, got {type(loader).__name__}; give the datamodule a probe_batch(n, split, seed) "
+            "method"
         )
-    return dataset
+    return dataset, origin
 
 
 def check_configuration(

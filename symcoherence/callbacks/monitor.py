@@ -44,6 +44,8 @@ from symcoherence.callbacks._firing import measure_collectively
 from symcoherence.callbacks._isolation import isolated
 from symcoherence.callbacks._probes import (
     SPLITS,
+    BatchItems,
+    check_batch_items,
     check_configuration,
     declared_defaults,
     draw_probe,
@@ -159,6 +161,14 @@ class OrbitCoherenceMonitor(Callback):
             modes are kept, and batch norm or dropout in training mode are refused.
         confidence: level of the bootstrap intervals.
         resamples: bootstrap resamples.
+        batch_items: which items of a dataset sample are ``(input, target)`` when probes are
+            drawn from a dataset (no ``probe_batch``): a pair of keys or indices, e.g.
+            ``("x", "y")`` for dict samples or ``(0, 1)`` (default) for tuples with extra items,
+            or a function ``sample -> (input, target)``.
+
+    Probes come from the datamodule's ``probe_batch(n, split, seed)`` when it has one, else from
+    the ``probe_split`` dataset of the datamodule's or module's dataloader hooks, else from the
+    dataloaders given to ``trainer.fit(model, train_dataloaders=..., val_dataloaders=...)``.
 
     Raises:
         ValueError, TypeError: for invalid arguments (at construction) and for a configuration that
@@ -189,6 +199,7 @@ class OrbitCoherenceMonitor(Callback):
         eval_mode: bool = True,
         confidence: float = 0.9,
         resamples: int = 1000,
+        batch_items: BatchItems = (0, 1),
     ):
         _check_schedule(
             every_n_train_steps,
@@ -223,6 +234,8 @@ class OrbitCoherenceMonitor(Callback):
         self.prefix = prefix
         self.loss_fn = loss_fn
         self.eval_mode = bool(eval_mode)
+        check_batch_items(batch_items)
+        self.batch_items = batch_items
         self._probe: tuple[torch.Tensor, torch.Tensor] | None = None
         self._probe_identity: dict[str, Any] | None = None
         self._restored_identity: dict[str, Any] | None = None
@@ -306,7 +319,13 @@ class OrbitCoherenceMonitor(Callback):
             self.setup(trainer, pl_module, "fit")
         with isolated(pl_module, trainer.optimizers, self.eval_mode):
             inputs, targets, identity = draw_probe(
-                trainer.datamodule, pl_module, self.probe_size, self.probe_split, self.probe_seed
+                trainer.datamodule,
+                pl_module,
+                self.probe_size,
+                self.probe_split,
+                self.probe_seed,
+                trainer=trainer,
+                batch_items=self.batch_items,
             )
             check_configuration(self.spec, measured_model(pl_module), inputs, targets)
         self._probe = (inputs, targets)

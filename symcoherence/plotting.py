@@ -49,8 +49,12 @@ def _interval_panel(
     reference: float | None = None,
 ) -> None:
     positions = list(range(len(names)))
-    below = [max(v - lo, 0.0) if math.isfinite(lo) else 0.0 for v, lo in zip(values, lows)]
-    above = [max(hi - v, 0.0) if math.isfinite(hi) else 0.0 for v, hi in zip(values, highs)]
+    below = [
+        max(v - lo, 0.0) if math.isfinite(lo) else 0.0 for v, lo in zip(values, lows, strict=True)
+    ]
+    above = [
+        max(hi - v, 0.0) if math.isfinite(hi) else 0.0 for v, hi in zip(values, highs, strict=True)
+    ]
     ax.errorbar(positions, values, yerr=[below, above], fmt="o", capsize=4, color="C0")
     if reference is not None:
         ax.axhline(reference, color="0.5", lw=0.8, ls=":")

@@ -53,7 +53,7 @@ def test_state_key_names_the_resolved_group_and_prefix_and_is_cached():
     default = sc.OrbitCoherenceMonitor()
     assert default.state_key == "OrbitCoherenceMonitor{'group': 'datamodule', 'prefix': ''}"
     data = TinyData()
-    default.setup(type("T", (), {"datamodule": data})(), TinyModule(), "fit")
+    default.setup(type("T", (), {"datamodule": data, "loggers": []})(), TinyModule(), "fit")
     name = data.symmetry_group.name
     assert default.state_key == f"OrbitCoherenceMonitor{{'group': '{name}', 'prefix': ''}}"
 
@@ -94,16 +94,26 @@ def test_tensorboard_event_files_hold_scalars_images_histograms_layout_and_hpara
     (category,) = layout.category
     assert category.title == "coherence/D4"
     ratio_chart = next(c for c in category.chart if c.title == "ratio ρ(g) per element")
-    assert list(ratio_chart.multiline.tag) == [f"^coherence/D4/ratio/{e}$" for e in D4]
+    assert list(ratio_chart.multiline.tag) == ["^elements/D4/ratio$"]
+    # ... one run per element, each logging that tag: a line of its own colour and name
+    for element in D4:
+        runs = EventAccumulator(str(tmp_path / "tb" / "version_0" / f"D4_{element}"))
+        runs.Reload()
+        ratio = {e.step: e.value for e in runs.Scalars("elements/D4/ratio")}
+        assert ratio == pytest.approx(recording.values(f"coherence/D4/ratio/{element}"))
 
-    content = events.PluginTagToContent("hparams")
-    experiments = [
-        plugin_data_pb2.HParamsPluginData.FromString(v)
-        for k, v in content.items()
-        if k == "_hparams_/experiment"
+    # TensorBoard's HParams dashboard shows the first session of a run: it must be the monitor's
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    (path,) = (tmp_path / "tb" / "version_0").glob("events.out.tfevents.*")
+    sessions = [
+        plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+        for event in EventFileLoader(str(path)).Load()
+        for value in event.summary.value
+        if value.tag == "_hparams_/experiment"
     ]
-    metric_tags = {m.name.tag for e in experiments for m in e.experiment.metric_infos}
-    assert "basin/D4/compatibility" in metric_tags
+    metric_tags = [m.name.tag for m in sessions[0].experiment.metric_infos]
+    assert metric_tags == ["basin/D4/compatibility", "coherence/D4/orbit"]
 
 
 def test_any_logger_gets_the_scalars_and_callback_metrics_are_set():

@@ -2,17 +2,18 @@ r"""What only TensorBoard shows of a firing of :class:`~symcoherence.callbacks.O
 
 Scalars reach every logger through Lightning; this module writes the rest: a figure per firing
 (:func:`symcoherence.plotting.summary_figure`), the ``(K, N)`` influence heatmap
-(:func:`symcoherence.plotting.heatmap_figure`), histograms of ``I_n(g)``, one custom-scalars layout
-(a chart per statistic with a line per element) and the final basin compatibility as an hparams
-metric. Tags share the first path segment of the scalars they belong to, so TensorBoard groups
-them together: ``{prefix}influence/{group}/figure``, ``…/heatmap``, ``…/{element}`` (histogram).
+(:func:`symcoherence.plotting.heatmap_figure`), histograms of ``I_n(g)``, one TensorBoard run per
+element (:class:`ElementRuns`: a sub-folder of the run, so each element's line gets its own colour
+and name), one custom-scalars layout (a chart per statistic with a line per element) and the
+hparams session that names basin compatibility and orbit coherence. Tags share the first path
+segment of the scalars they belong to, so TensorBoard groups them together: ``{prefix}influence/{group}/figure``, ``…/heatmap``, ``…/{element}`` (histogram).
 
 Example:
     >>> from symcoherence.callbacks._tensorboard import layout_for
     >>> from symcoherence.coherence import Keys
-    >>> chart = layout_for(Keys("D4xShifts"), ["e", "r|x1y0"])["coherence/D4xShifts"]
-    >>> chart["ratio ρ(g) per element"][1][1]
-    '^coherence/D4xShifts/ratio/r\\|x1y0$'
+    >>> chart = layout_for(Keys("D4xShifts"))["coherence/D4xShifts"]
+    >>> chart["ratio ρ(g) per element"]
+    ['Multiline', ['^elements/D4xShifts/ratio$']]
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from symcoherence.coherence import Keys, Measurement
+from symcoherence.coherence import Keys, Measurement, Summary
 
 _LAYOUT_ATTRIBUTE = "_symcoherence_custom_scalars"
 _CHARTS = (
@@ -32,6 +34,13 @@ _CHARTS = (
     ("influence median per element", "influence"),
     ("equivariance error median per element", "equivariance"),
 )
+_ROW_FIELDS = {
+    "ratio": "ratio",
+    "coupling": "coupling",
+    "transfer": "transfer",
+    "influence": "influence_median",
+    "equivariance": "equivariance_median",
+}
 
 
 def find_tensorboard_writer(loggers: Sequence[Any]) -> Any | None:
@@ -69,40 +78,74 @@ def log_firing(
     )
 
 
-def layout_for(keys: Keys, elements: Sequence[str]) -> dict[str, dict[str, list]]:
-    """Custom-scalars category for one group: a chart per statistic, a line per element.
-
-    Element names may contain regex metacharacters (``"r|x1y0"``), hence :func:`re.escape`.
-    """
-
-    def lines(family: str) -> list[str]:
-        pattern = keys.layout_pattern(family)
-        return ["^" + re.escape(pattern.format(element=element)) + "$" for element in elements]
-
+def layout_for(keys: Keys) -> dict[str, dict[str, list]]:
+    """Custom-scalars category for one group: a chart per statistic, a line per element run."""
     return {
         keys.section("coherence"): {
-            title: ["Multiline", lines(family)] for title, family in _CHARTS
+            title: ["Multiline", ["^" + re.escape(keys.per_element(statistic)) + "$"]]
+            for title, statistic in _CHARTS
         }
     }
 
 
-def write_layout(writer: Any, keys: Keys, elements: Sequence[str]) -> None:
+class ElementRuns:
+    """One TensorBoard run (a ``SummaryWriter`` in a sub-folder of the run) per element.
+
+    Every element logs the same tags (:meth:`~symcoherence.coherence.Keys.per_element`), so
+    TensorBoard draws one line per element in a chart, each in its own colour and named after its
+    run (``{group}_{element}``).
+
+    Args:
+        log_dir: the run's log directory.
+        keys: the key builder of the monitor.
+    """
+
+    def __init__(self, log_dir: str, keys: Keys):
+        self.log_dir, self.keys = Path(log_dir), keys
+        self.writers: dict[str, Any] = {}
+
+    def _writer(self, element: str) -> Any:
+        from torch.utils.tensorboard import SummaryWriter
+
+        if element not in self.writers:
+            folder = f"{self.keys.prefix}{self.keys.group}_{element}".replace("/", "_")
+            self.writers[element] = SummaryWriter(str(self.log_dir / folder.replace("|", "+")))
+        return self.writers[element]
+
+    def write(self, summary: Summary, step: int) -> None:
+        """Log each element's statistics (finite ones) into its run at ``step``."""
+        for row in summary:
+            writer = self._writer(row.element)
+            for _, statistic in _CHARTS:
+                value = getattr(row, _ROW_FIELDS[statistic])
+                if math.isfinite(value):
+                    writer.add_scalar(self.keys.per_element(statistic), value, step)
+            writer.flush()
+
+    def close(self) -> None:
+        """Close every writer."""
+        for writer in self.writers.values():
+            writer.close()
+        self.writers.clear()
+
+
+def write_layout(writer: Any, keys: Keys) -> None:
     """Add this group's category to the writer's single custom-scalars layout and write it.
 
     Several monitors sharing one writer merge their categories, so the last layout written (the
     one TensorBoard shows) has a chart per group.
     """
     merged: dict[str, dict[str, list]] = getattr(writer, _LAYOUT_ATTRIBUTE, {})
-    merged.update(layout_for(keys, elements))
+    merged.update(layout_for(keys))
     setattr(writer, _LAYOUT_ATTRIBUTE, merged)
     writer.add_custom_scalars(merged)
 
 
-def write_hparams(writer: Any, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
-    """Write an hparams session whose metrics point at existing scalar tags.
+def write_hparams(writer: Any, params: Mapping[str, Any], metrics: Sequence[str]) -> None:
+    """Write an hparams session whose metrics point at scalar tags the run will log.
 
     Writing the summaries directly (rather than ``logger.log_hyperparams(..., metrics=...)``)
-    avoids adding a misleading point at step 0 to the metric's scalar series: the hparams
+    avoids adding a misleading point at step 0 to the metrics' scalar series: the hparams
     dashboard reads the last value of each scalar tag named in ``metrics``.
     """
     from torch.utils.tensorboard.summary import hparams
@@ -111,8 +154,8 @@ def write_hparams(writer: Any, params: Mapping[str, Any], metrics: Mapping[str, 
         key: value if isinstance(value, (bool, int, float, str)) else str(value)
         for key, value in params.items()
     }
-    finite = {key: float(value) for key, value in metrics.items() if math.isfinite(value)}
-    experiment, start, end = hparams(clean, finite)
+    # the values only declare the metrics; the dashboard shows the tags' last logged values
+    experiment, start, end = hparams(clean, dict.fromkeys(metrics, 0.0))
     file_writer = writer._get_file_writer()
     for summary in (experiment, start, end):
         file_writer.add_summary(summary)

@@ -240,8 +240,9 @@ class OrbitCoherenceMonitor(Callback):
         self._probe_identity: dict[str, Any] | None = None
         self._restored_identity: dict[str, Any] | None = None
         self._last_step = -1
-        self._final: dict[str, float] = {}
+        self._hparams_written = False
         self._layout_written = False
+        self._element_runs: tensorboard.ElementRuns | None = None
         self._state_key: tuple[tuple[str, str] | None, str] = (None, "")
 
     # ------------------------------------------------------------------ identity and state
@@ -271,18 +272,13 @@ class OrbitCoherenceMonitor(Callback):
         return self._state_key[1]
 
     def state_dict(self) -> dict[str, Any]:
-        """Schedule position, probe identity and the last finite basin compatibility."""
-        return {
-            "last_step": self._last_step,
-            "probe": self._probe_identity,
-            "final": dict(self._final),
-        }
+        """Schedule position and probe identity."""
+        return {"last_step": self._last_step, "probe": self._probe_identity}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the schedule; the probe set is checked against the stored identity when drawn."""
         self._last_step = int(state_dict["last_step"])
         self._restored_identity = state_dict.get("probe")
-        self._final = dict(state_dict.get("final", {}))
         if self._probe_identity is not None:
             self._check_restored_probe()
 
@@ -291,6 +287,8 @@ class OrbitCoherenceMonitor(Callback):
         """Complete the measurement's group and field types from the datamodule's declarations."""
         datamodule = trainer.datamodule
         self.spec = self.spec.complete(**declared_defaults(datamodule))
+        if stage == "fit":
+            self._write_hparams(trainer, pl_module)
         declared = [
             g
             for g in (
@@ -365,22 +363,24 @@ class OrbitCoherenceMonitor(Callback):
         ):
             self.measure(trainer, pl_module)
 
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Record the last finite basin compatibility as an hparams metric in TensorBoard."""
-        writer = (
-            tensorboard.find_tensorboard_writer(trainer.loggers) if trainer.is_global_zero else None
-        )
-        if writer is None or not self._final:
+    def _write_hparams(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Declare the run's hparams session with the monitor's metrics, before Lightning's own.
+
+        TensorBoard's HParams dashboard shows the first session of a run and reads each metric as
+        the last value of its scalar tag, so the session is written once, at setup, naming basin
+        compatibility and orbit coherence (Lightning's later session, with its ``hp_metric``, is
+        not shown; ``TensorBoardLogger(default_hp_metric=False)`` drops that placeholder).
+        """
+        writer = tensorboard.find_tensorboard_writer(trainer.loggers)
+        if self._hparams_written or writer is None or not trainer.is_global_zero:
             return
-        hparams = {}
-        for logger in trainer.loggers:
-            hparams.update(getattr(logger, "hparams", {}) or {})
-        record = self.spec.record()
-        name = record["group"]
+        self._hparams_written = True
+        record, keys = self.spec.record(), self.keys
+        params = dict(getattr(pl_module, "hparams", {}) or {})
         for setting in ("metric", "normalization"):
-            hparams[f"{self.prefix}monitor/{name}/{setting}"] = record[setting]
-        hparams[f"{self.prefix}monitor/{name}/probe_size"] = self.probe_size
-        tensorboard.write_hparams(writer, hparams, self._final)
+            params[f"{self.prefix}monitor/{record['group']}/{setting}"] = record[setting]
+        params[f"{self.prefix}monitor/{record['group']}/probe_size"] = self.probe_size
+        tensorboard.write_hparams(writer, params, [keys.compatibility(), keys.orbit()])
 
     # ------------------------------------------------------------------ one measurement
     def measure(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float] | None:
@@ -446,9 +446,6 @@ class OrbitCoherenceMonitor(Callback):
         scalars = result.scalars(self.prefix)
         for key, value in scalars.items():
             pl_module.log(key, value, logger=False, sync_dist=False, batch_size=1)
-        compatibility = keys.compatibility()
-        if compatibility in scalars:
-            self._final = {compatibility: scalars[compatibility]}
         if not trainer.is_global_zero:
             return scalars
         step = trainer.global_step
@@ -457,7 +454,16 @@ class OrbitCoherenceMonitor(Callback):
         writer = tensorboard.find_tensorboard_writer(trainer.loggers)
         if writer is not None:
             if not self._layout_written:
-                tensorboard.write_layout(writer, keys, result.elements)
+                tensorboard.write_layout(writer, keys)
                 self._layout_written = True
+                self._element_runs = tensorboard.ElementRuns(writer.log_dir, keys)
+            self._element_runs.write(result.summary(), step)
             tensorboard.log_firing(writer, keys, result, step, self.log_figures, self._title(step))
         return scalars
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Close the per-element TensorBoard runs."""
+        if self._element_runs is not None:
+            self._element_runs.close()
+            self._element_runs = None
+            self._layout_written = False

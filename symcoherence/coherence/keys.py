@@ -19,6 +19,8 @@ key                                                 value
 ``{p}basin/{G}/influence_error_rank_corr``          Spearman of ``ρ`` vs ``|log E|`` (q3)
 ``{p}basin/{G}/influence_error_rank_corr_pvalue``   its permutation p-value
 ``{p}measurement/{G}/{name}``                       health: ``degenerate_rows``, ``damping``, …
+``{p}elements/{G}/{statistic}``                     one series per element, each element in a
+                                                    run of its own (TensorBoard colours them)
 ==================================================  ==========================================
 
 Example:
@@ -110,26 +112,15 @@ class Keys:
         """``basin/{G}/influence_error_rank_corr`` (``_pvalue`` with ``pvalue``)."""
         return self._key("basin", "influence_error_rank_corr" + ("_pvalue" if pvalue else ""))
 
+    def per_element(self, statistic: str) -> str:
+        """``elements/{G}/{statistic}``: the tag an element's own run logs ``statistic`` under."""
+        return self._key("elements", statistic)
+
     def measurement(self, name: str) -> str:
         """``measurement/{G}/{name}`` for a health entry of :data:`HEALTH`."""
         if name not in HEALTH:
             raise ValueError(f"unknown measurement entry {name!r}; expected one of {list(HEALTH)}")
         return self._key("measurement", name)
-
-    def layout_pattern(self, family: str) -> str:
-        """A ``{element}`` placeholder template for one per-element family, for chart layouts.
-
-        ``family`` is ``"ratio"``, ``"coupling"``, ``"transfer"``, ``"influence"`` (median) or
-        ``"equivariance"`` (median).
-        """
-        builders = {
-            "ratio": lambda: self.ratio("{element}"),
-            "coupling": lambda: self.coupling("{element}"),
-            "transfer": lambda: self.transfer("{element}"),
-            "influence": lambda: self.influence("{element}", "median"),
-            "equivariance": lambda: self.equivariance("{element}", "median"),
-        }
-        return builders[family]()
 
 
 __all__ = ["BOUNDS", "HEALTH", "Keys"]

@@ -6,7 +6,7 @@ Example:
     >>> import torch
     >>> field = torch.randn(1, 16, 16)
     >>> render_panel(field, field, field).shape
-    (180, 720, 3)
+    (198, 810, 3)
 """
 
 from __future__ import annotations
@@ -37,12 +37,14 @@ def render_panel(
     frame_start = inputs.shape[0] - truth.shape[0]
     fields = [inputs[frame_start + channel], truth[channel], prediction[channel]]
     fields.append(prediction[channel] - truth[channel])
-    titles = ["input", "truth", "prediction", "error"]
-    figure = Figure(figsize=(8, 2), dpi=90)
+    titles = ["input", "truth", "prediction", "error (own scale)"]
+    figure = Figure(figsize=(9, 2.2), dpi=90, layout="constrained")
     canvas = FigureCanvasAgg(figure)
     axes = figure.subplots(1, 4)
-    limit = float(truth[channel].abs().max().clamp_min(1e-12))
-    for ax, field, title in zip(axes, fields, titles, strict=True):
+    field_limit = float(truth[channel].abs().max().clamp_min(1e-12))
+    error_limit = float(fields[-1].abs().max().clamp_min(1e-12))
+    for index, (ax, field, title) in enumerate(zip(axes, fields, titles, strict=True)):
+        limit = error_limit if index == 3 else field_limit
         image = ax.imshow(
             field.detach().float().cpu().numpy(),
             cmap="RdBu_r",
@@ -52,6 +54,7 @@ def render_panel(
         )
         ax.set_title(title, fontsize=9)
         ax.set_axis_off()
-    figure.colorbar(image, ax=axes[-1], fraction=0.046)
+        if index >= 2:  # the fields share the truth's scale; the error has its own
+            figure.colorbar(image, ax=ax, fraction=0.046)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()

@@ -37,7 +37,7 @@ def build(root, generate=make, config=CONFIG, **kwargs):
         times=TIMES,
         shape=SHAPE,
         field_type=FIELD,
-        group=kwargs.pop("group", D4()),
+        diagnostic_group=kwargs.pop("diagnostic_group", D4()),
         progress=False,
         **kwargs,
     )
@@ -53,18 +53,21 @@ def test_key_is_order_independent_and_config_sensitive(tmp_path):
 
 def test_round_trip_stores_everything(tmp_path):
     group = Product(D4(), Shifts(box=1, period=6))
-    path = build(tmp_path, group=group)
+    path = build(tmp_path, diagnostic_group=group)
     data = load_trajectories(path, CONFIG, SHAPE)
     np.testing.assert_array_equal(data.trajectories, make(0, 10))
     np.testing.assert_array_equal(data.times, TIMES)
     assert data.field_type == FIELD
-    assert data.group.spec() == group.spec()
+    assert data.diagnostic_group.spec() == group.spec()
     assert data.config == CONFIG
     with h5py.File(path, "r") as file:
         assert json.loads(file.attrs["param.nested"]) == {"a": [1, 2]}
         assert file.attrs["param.n"] == "6"
         assert file.attrs["symcoherence_version"]
     assert not path.with_name(path.name + ".tmp").exists()
+    # without a diagnostic group the file stores none
+    bare = build(tmp_path / "bare", diagnostic_group=None)
+    assert load_trajectories(bare).diagnostic_group is None
     # a second call finds the file and does not generate
     assert build(tmp_path, generate=lambda s, c: pytest.fail("regenerated")) == path
 
@@ -151,7 +154,7 @@ def test_bad_arguments(tmp_path):
             times=TIMES,
             shape=(10, 3, 1, 6, 6),
             field_type=FIELD,
-            group=D4(),
+            diagnostic_group=D4(),
             progress=False,
         )
     with pytest.raises(ValueError, match="returned shape"):

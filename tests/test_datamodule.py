@@ -1,8 +1,13 @@
 import pytest
 import torch
 
-from symcoherence.data import NavierStokesDataModule, TrajectoryDataModule, generate
-from symcoherence.data import navier_stokes_datamodule as module
+from symcoherence.data import (
+    ArraySource,
+    NavierStokesDataModule,
+    NavierStokesSource,
+    TrajectoryDataModule,
+)
+from symcoherence.data.navier_stokes import source as module
 from symcoherence.groups import D4, FieldType
 
 TINY = dict(
@@ -77,7 +82,7 @@ def test_augmented_pair_is_an_exact_solver_pair(tmp_path, fields):
     data.setup()
     assert data.augment_group.name == "Kolmogorov"
     pairs = data.dataset("train", augment=True)
-    solver = data.solver
+    solver = data.source.solver
     for index in range(len(pairs)):
         inputs, targets = pairs[index]
         x, y = data.denormalize(inputs).double(), data.denormalize(targets).double()
@@ -90,7 +95,7 @@ def test_augmented_pair_is_an_exact_solver_pair(tmp_path, fields):
         )
     # negative control: an inadmissible element (quarter turn) does not give a solver pair
     x, y = pairs.pair(0)
-    x, y = (data.denormalize(D4().act("r", v, data.frame_type)).double() for v in (x, y))
+    x, y = (data.denormalize(D4().act("r", v, data.target_field_type)).double() for v in (x, y))
     omega = solver.vorticity(x) if fields == "velocity" else x[0]
     reference = solver.vorticity(y) if fields == "velocity" else y[0]
     assert (
@@ -108,7 +113,9 @@ def test_augmentation_is_seeded_and_varies(tmp_path):
     assert any(not torch.equal(draws[0][0], d[0]) for d in draws[1:])
     # every draw is one D4 element applied to both halves of the unaugmented pair
     x, y = data.dataset("train").pair(0)
-    orbit = [(D4().act(g, x, data.field_type), D4().act(g, y, data.frame_type)) for g in D4()]
+    orbit = [
+        (D4().act(g, x, data.field_type), D4().act(g, y, data.target_field_type)) for g in D4()
+    ]
     for inputs, targets in draws:
         assert any(torch.equal(inputs, gx) and torch.equal(targets, gy) for gx, gy in orbit)
 
@@ -117,10 +124,9 @@ def test_normalization_commutes_with_the_group():
     trajectories = (
         torch.randn(6, 3, 4, 8, 8) * torch.tensor([3.0, 0.5, 2.0, 1.0])[:, None, None] + 5
     )
-    frame_type = FieldType(["vector", "scalar", "pseudoscalar"])
-    data = TrajectoryDataModule(
-        frame_type, D4(), trajectories=trajectories, val_fraction=0.2, test_fraction=0.2
-    )
+    frame_field_type = FieldType(["vector", "scalar", "pseudoscalar"])
+    source = ArraySource(trajectories, frame_field_type, symmetry_group=D4())
+    data = TrajectoryDataModule(source, val_fraction=0.2, test_fraction=0.2)
     data.setup()
     assert data.scale[0] == data.scale[1] and data.offset[[0, 1, 3]].eq(0).all()
     assert data.offset[2] != 0
@@ -131,8 +137,8 @@ def test_normalization_commutes_with_the_group():
     x = trajectories[0, 0]
     for element in D4().elements:
         torch.testing.assert_close(
-            normalize(D4().act(element, x, frame_type)),
-            D4().act(element, normalize(x), frame_type),
+            normalize(D4().act(element, x, frame_field_type)),
+            D4().act(element, normalize(x), frame_field_type),
             rtol=0,
             atol=0,
         )
@@ -148,6 +154,9 @@ def test_normalization_commutes_with_the_group():
         (dict(fields="pressure"), "fields"),
         (dict(anisotropy=0.5), "anisotropy"),
         (dict(num_frames=1), "num_frames"),
+        (dict(num_frames=2, history=2), "leaves no target"),
+        (dict(num_trajectories=2, val_fraction=0.5, test_fraction=0.4), "none for training"),
+        (dict(batch_size=0), "batch_size"),
         (dict(val_fraction=0.6, test_fraction=0.5), "val_fraction"),
         (dict(augment_group="SO3"), "unknown group"),
         (dict(forcing="kolmogorov", viscosity=0.0), "viscosity > 0 or drag > 0"),
@@ -174,19 +183,54 @@ def test_cache_is_reused_and_blow_up_never_reaches_a_file(tmp_path, monkeypatch)
     assert not list((tmp_path / "x").glob("*.h5"))
 
 
-def test_generate_entry_reads_dicts_and_lightning_configs(tmp_path):
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        "data:\n  class_path: symcoherence.data.NavierStokesDataModule\n  init_args:\n"
-        "    n: 16\n    num_trajectories: 2\n    num_frames: 3\n    burn_in: 0.0\n"
+def test_convenience_is_the_pipeline_on_a_source(tmp_path):
+    data = tiny(tmp_path, history=2, split_seed=3)
+    assert type(data.source) is NavierStokesSource and data.source.n == 16
+    explicit = TrajectoryDataModule(
+        NavierStokesSource(
+            n=16, num_trajectories=8, num_frames=4, burn_in=0.0, solver_dtype="float64"
+        ),
+        history=2,
+        split_seed=3,
+        val_fraction=0.25,
+        test_fraction=0.25,
+        cache_dir=str(tmp_path),
+        progress=False,
     )
-    path = generate(config, progress=False, cache_dir=str(tmp_path))
-    assert path.exists() and path.parent == tmp_path
-    # the same arguments at the top level of a dict name the same cached file
-    flat = {"n": 16, "num_trajectories": 2, "num_frames": 3, "burn_in": 0.0}
-    assert generate({**flat, "cache_dir": str(tmp_path)}, progress=False) == path
-    # a changed parameter (here the solver precision) is a different dataset
-    other = generate({**TINY, **flat, "cache_dir": str(tmp_path), "progress": True}, progress=False)
-    assert other.exists() and other != path
-    with pytest.raises(TypeError, match="viscosty"):
-        generate({**flat, "viscosty": 0.1, "cache_dir": str(tmp_path)}, progress=False)
+    assert explicit.source == data.source
+    data.setup()
+    explicit.setup()
+    assert data.path == explicit.path and torch.equal(data.data, explicit.data)
+    assert all(torch.equal(data.splits[s], explicit.splits[s]) for s in data.splits)
+    given = NavierStokesDataModule(source=explicit.source, history=2, cache_dir=str(tmp_path))
+    assert given.source is explicit.source
+
+
+@pytest.mark.parametrize(
+    "call,error,match",
+    [
+        (lambda: NavierStokesDataModule(viscosty=0.1), TypeError, "did you mean 'viscosity'"),
+        (
+            lambda: NavierStokesDataModule(source=NavierStokesSource(n=16), n=32),
+            TypeError,
+            "not both",
+        ),
+        (lambda: NavierStokesDataModule(source="ns"), TypeError, "needs a NavierStokesSource"),
+        (lambda: TrajectoryDataModule({"n": 32}), TypeError, "class_path"),
+        (lambda: TrajectoryDataModule(NavierStokesSource(n=16), history=0), ValueError, "history"),
+    ],
+)
+def test_wrong_arguments_say_what_was_expected(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_declared_types_and_groups(tmp_path):
+    data = tiny(tmp_path, history=3, fields="velocity")
+    assert data.frame_field_type == data.target_field_type == FieldType(["vector"])
+    assert data.field_type == FieldType(["vector"]).repeat(3)
+    assert (data.in_channels, data.out_channels) == (6, 2)
+    assert data.diagnostic_group.elements == D4().elements
+    assert data.symmetry_group.name == "D4xShifts" and len(data.symmetry_group) == 8 * 16**2
+    assert set(data.diagnostic_group.elements) <= set(data.symmetry_group.elements)
+    assert not list(tmp_path.iterdir())  # declaring types generates nothing

@@ -216,7 +216,7 @@ def test_group_average_option_wraps_the_backbone_and_survives_a_checkpoint(tmp_p
         UNet2d(2, 2, width=8, depth=1),
         rollout_horizon=0,
         field_type=velocity,
-        symmetry_group="D4",
+        diagnostic_group="D4",
         group_average=True,
     )
     assert isinstance(module.backbone, GroupAveraged)
@@ -228,10 +228,10 @@ def test_group_average_option_wraps_the_backbone_and_survives_a_checkpoint(tmp_p
     restored = EmulatorModule.load_from_checkpoint(path)
     assert isinstance(restored.backbone, GroupAveraged)  # wrapped once, not twice
     assert isinstance(restored.backbone.backbone, UNet2d)
-    assert restored.field_type == velocity and restored.symmetry_group.name == "D4"
+    assert restored.field_type == velocity and restored.diagnostic_group.name == "D4"
     x = torch.randn(2, 2, 8, 8)
     torch.testing.assert_close(restored(x), module(x), **TOL["exact"])
-    with pytest.raises(ValueError, match="needs symmetry_group and field_type"):
+    with pytest.raises(ValueError, match="needs diagnostic_group and field_type"):
         EmulatorModule(UNet2d(2, 2), group_average=True)
 
 

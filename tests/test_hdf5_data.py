@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from symcoherence.data import HDF5TrajectoryDataModule
+from symcoherence.data import (
+    HDF5Source,
+    HDF5TrajectoryDataModule,
+    NavierStokesSource,
+    TrajectoryDataModule,
+)
 from symcoherence.groups import D4, Product, Shifts
 
 
@@ -21,7 +26,10 @@ def write(path, **attrs):
 def test_reads_declared_types_from_arguments_or_attributes(tmp_path):
     group = Product(D4(), Shifts(box=1, period=8))
     data = write(
-        tmp_path / "a.h5", field_type=json.dumps(["vector"]), group=json.dumps(group.spec())
+        tmp_path / "a.h5",
+        field_type=json.dumps(["vector"]),
+        symmetry_group=json.dumps(group.spec()),
+        diagnostic_group="D4",
     )
     module = HDF5TrajectoryDataModule(
         str(tmp_path / "a.h5"),
@@ -33,15 +41,43 @@ def test_reads_declared_types_from_arguments_or_attributes(tmp_path):
     )
     module.setup()
     assert module.symmetry_group.spec() == group.spec() and module.in_channels == 4
+    assert module.diagnostic_group.name == "D4"
+    assert module.path == tmp_path / "a.h5"
     inputs, targets = module.probe_batch(2)
     assert inputs.shape == (2, 4, 8, 8) and targets.shape == (2, 2, 8, 8)
     first = module.splits["val"][0]
     stored = [torch.from_numpy(data[first, t]) for t in range(4)]
     assert any(torch.equal(targets[0], frame) for frame in stored)
     explicit = HDF5TrajectoryDataModule(
-        str(tmp_path / "a.h5"), "velocity", field_type=["vector"], group="C4"
+        str(tmp_path / "a.h5"),
+        "velocity",
+        field_type=["vector"],
+        symmetry_group="C4",
+        diagnostic_group="C4",
     )
-    assert explicit.symmetry_group.name == "C4"
+    assert explicit.symmetry_group.name == explicit.diagnostic_group.name == "C4"
+
+
+def test_undeclared_groups_are_none_and_diagnostic_defaults_to_symmetry(tmp_path):
+    write(tmp_path / "b.h5", field_type=json.dumps(["vector"]))
+    assert HDF5Source(tmp_path / "b.h5", "velocity").symmetry_group is None
+    assert HDF5Source(tmp_path / "b.h5", "velocity").diagnostic_group is None
+    declared = HDF5Source(tmp_path / "b.h5", "velocity", symmetry_group="D4")
+    assert declared.diagnostic_group.name == "D4"
+
+
+def test_reads_a_cache_file_of_a_generated_source(tmp_path):
+    source = NavierStokesSource(n=16, num_trajectories=4, num_frames=3, burn_in=0.0)
+    path = source.prepare(tmp_path, progress=False)
+    again = HDF5Source(path)
+    assert again.field_type == source.field_type and again.shape == source.shape
+    assert again.diagnostic_group.spec() == source.diagnostic_group.spec()
+    assert again.symmetry_group is None  # the full group is not stored
+    generated = TrajectoryDataModule(source, cache_dir=str(tmp_path), progress=False)
+    read = TrajectoryDataModule(again, cache_dir=str(tmp_path))
+    generated.setup()
+    read.setup()
+    assert torch.equal(generated.data, read.data)
 
 
 def test_clear_errors(tmp_path):
@@ -52,6 +88,15 @@ def test_clear_errors(tmp_path):
         HDF5TrajectoryDataModule(str(tmp_path / "b.h5"), "u", field_type=["vector"])
     with pytest.raises(FileNotFoundError):
         HDF5TrajectoryDataModule(str(tmp_path / "missing.h5"))
-    wrong = HDF5TrajectoryDataModule(str(tmp_path / "b.h5"), "velocity", field_type=["scalar"])
     with pytest.raises(ValueError, match="C = 1"):
-        wrong.setup()
+        HDF5TrajectoryDataModule(str(tmp_path / "b.h5"), "velocity", field_type=["scalar"])
+    with pytest.raises(ValueError, match="outside the symmetry group C4"):
+        HDF5Source(
+            tmp_path / "b.h5",
+            "velocity",
+            field_type=["vector"],
+            symmetry_group="C4",
+            diagnostic_group="D4",
+        )
+    with pytest.raises(TypeError, match="did you mean 'field_type'"):
+        HDF5TrajectoryDataModule(str(tmp_path / "b.h5"), "velocity", field_types=["vector"])

@@ -1,12 +1,11 @@
-"""SphericalShallowWaterDataModule: cache round trip, splits, probe batches, groups and errors."""
+"""Shallow-water data: cache round trip, splits, probe batches, groups and errors."""
 
 import h5py
 import pytest
 import torch
 
-from symcoherence.data.cache import cache_path
+from symcoherence.data import SphericalShallowWaterDataModule, SphericalShallowWaterSource
 from symcoherence.data.shallow_water import SphericalShallowWater
-from symcoherence.data.shallow_water_datamodule import SphericalShallowWaterDataModule
 from symcoherence.groups import FieldType
 
 SMALL = {
@@ -32,24 +31,33 @@ def data(cache_dir):
 
 
 def test_cache_round_trip(data, cache_dir, monkeypatch, tol):
-    assert data.path == cache_path(cache_dir, data.config, "shallow_water")
+    assert data.path == data.source.cache_path(cache_dir)
+    assert data.path.name.startswith("shallow_water-")
     with h5py.File(data.path, "r") as file:
         stored = torch.as_tensor(file["trajectories"][()])
         assert stored.shape == (8, 4, 3, 16, 32)
-        assert '"ZonalxEquator"' in file.attrs["group"]
+        assert '"ZonalxEquator"' in file.attrs["diagnostic_group"]
     # The stored frames are the solver's rollout of trajectory i's seeded initial condition.
     solver = SphericalShallowWater(16, 32)
     first = solver.rollout(solver.initial_condition("random", seed=0), 4, 2)
     torch.testing.assert_close(stored[0], first.float(), **tol["fp32"])
     # A second module with the same parameters reads the file instead of generating.
     again = SphericalShallowWaterDataModule(cache_dir=str(cache_dir), **SMALL)
-    monkeypatch.setattr(again, "generate", lambda *args: pytest.fail("regenerated a valid cache"))
+    monkeypatch.setattr(
+        SphericalShallowWaterSource,
+        "generate",
+        lambda *args, **kwargs: pytest.fail("regenerated a valid cache"),
+    )
     again.setup()
     assert again.path == data.path
     torch.testing.assert_close(again.data, data.data, **tol["exact"])
-    # Any parameter that changes the data changes the key.
+    monkeypatch.undo()
+    # Any parameter that changes the data changes the key; the diagnostic stride does not.
     other = SphericalShallowWaterDataModule(cache_dir=str(cache_dir), **{**SMALL, "mach": 0.3})
-    assert cache_path(cache_dir, other.config, "shallow_water") != data.path
+    assert other.source.cache_path(cache_dir) != data.path
+    stride = SphericalShallowWaterDataModule(cache_dir=str(cache_dir), **SMALL, zonal_stride=2)
+    assert stride.source.cache_path(cache_dir) == data.path
+    assert len(stride.diagnostic_group) == 32
 
 
 def test_splits_are_disjoint_and_cover_all_trajectories(data):
@@ -73,18 +81,17 @@ def test_declared_types_and_groups(data):
     assert data.field_type == FieldType(["vector", "scalar"])
     assert data.target_field_type == FieldType(["vector", "scalar"])
     assert (data.in_channels, data.out_channels) == (3, 3)
-    assert data.symmetry_group.name == "ZonalxEquator"
-    assert data.symmetry_group.elements[:4] == ("e", "z4", "z8", "z12")
-    assert len(data.symmetry_group) == 16 and len(data.declared_group) == 64
-    assert set(data.symmetry_group.elements) <= set(data.declared_group.elements)
+    assert data.diagnostic_group.name == data.symmetry_group.name == "ZonalxEquator"
+    assert data.diagnostic_group.elements[:4] == ("e", "z4", "z8", "z12")
+    assert len(data.diagnostic_group) == 16 and len(data.symmetry_group) == 64
+    assert set(data.diagnostic_group.elements) <= set(data.symmetry_group.elements)
 
 
 def test_normalization_commutes_with_the_group(data, tol):
     # (u, v) share one scale and are not centred; only the height is centred.
     assert data.scale[0] == data.scale[1] and data.offset[0] == 0 and data.offset[1] == 0
-    raw = data.load_trajectories()[:2, 0]
-    raw = torch.as_tensor(raw)
-    group, field_type = data.symmetry_group, data.frame_type
+    raw = torch.as_tensor(data.source.load(data.cache_dir)[:2, 0])
+    group, field_type = data.diagnostic_group, data.frame_field_type
 
     def normalize(x):
         return (x - data.offset[:, None, None]) / data.scale[:, None, None]
@@ -114,7 +121,7 @@ def test_vorticity_fields_and_history(cache_dir):
     ]
     assert any(torch.equal(inputs[0], x) and torch.equal(targets[0], y) for x, y in windows)
     # frames are steps_per_frame · dt = 2 · 600 s apart, the first at t = 0
-    assert module.times.tolist() == [0.0, 1200.0, 2400.0, 3600.0]
+    assert module.source.times.tolist() == [0.0, 1200.0, 2400.0, 3600.0]
 
 
 @pytest.mark.parametrize(

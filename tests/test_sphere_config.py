@@ -6,17 +6,17 @@ import pytest
 
 from symcoherence.cli import lightning_cli
 from symcoherence.coherence import GaussNewton
-from symcoherence.data import SphericalShallowWaterDataModule
+from symcoherence.data import SphericalShallowWaterSource, TrajectoryDataModule
 from symcoherence.models import SFNO
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sphere_sfno.yaml"
 # A smaller run of the same config: 16×32 grid, few short trajectories, 4 probes.
 TINY = [
-    "--data.init_args.nlat=16",
-    "--data.init_args.nlon=32",
-    "--data.init_args.num_trajectories=16",
-    "--data.init_args.num_frames=3",
-    "--data.init_args.steps_per_frame=2",
+    "--data.init_args.source.init_args.nlat=16",
+    "--data.init_args.source.init_args.nlon=32",
+    "--data.init_args.source.init_args.num_trajectories=16",
+    "--data.init_args.source.init_args.num_frames=3",
+    "--data.init_args.source.init_args.steps_per_frame=2",
     "--data.init_args.progress=false",
     "--model.backbone.init_args.nlat=16",
     "--model.backbone.init_args.nlon=32",
@@ -31,18 +31,20 @@ def test_config_parses_into_the_sphere_classes(tmp_path):
         ["--config", str(CONFIG), f"--data.init_args.cache_dir={tmp_path}"], run=False
     )
     data, backbone = cli.datamodule, cli.model.backbone
-    assert isinstance(data, SphericalShallowWaterDataModule)
+    assert isinstance(data, TrajectoryDataModule)
+    assert isinstance(data.source, SphericalShallowWaterSource)
     assert isinstance(backbone, SFNO)
-    assert (backbone.nlat, backbone.nlon) == (data.solver.nlat, data.solver.nlon)
+    assert (backbone.nlat, backbone.nlon) == (data.source.nlat, data.source.nlon)
     assert backbone.in_channels == data.in_channels == 3
     assert backbone.positional_embedding == "none"
-    assert data.symmetry_group.name == "ZonalxEquator"
+    assert data.diagnostic_group.name == "ZonalxEquator"
+    assert len(data.diagnostic_group) == 16 and len(data.symmetry_group) == 128
     # Every zonal shift of the diagnostic group is exact for this SFNO.
-    shifts = [e for e in data.symmetry_group.elements if e.startswith("z")]
+    shifts = [e for e in data.diagnostic_group.elements if e.startswith("z")]
     assert shifts and all(int(e[1:]) % backbone.zonal_stride == 0 for e in shifts)
     monitors = [c for c in cli.trainer.callbacks if type(c).__name__ == "OrbitCoherenceMonitor"]
-    assert len(monitors) == 1 and isinstance(monitors[0].metric, GaussNewton)
-    assert monitors[0].metric.solver == "subspace"
+    assert len(monitors) == 1 and isinstance(monitors[0].spec.metric, GaussNewton)
+    assert monitors[0].spec.metric.solver == "subspace"
 
 
 def test_config_runs_a_tiny_fast_dev_run(tmp_path):

@@ -29,9 +29,12 @@ def isolated(
     """Run a measurement without a trace on training; everything is restored in ``finally``.
 
     Restored: the global RNG states (torch CPU and CUDA, numpy, Python ``random``), every
-    submodule's train/eval mode, ``requires_grad`` and ``.grad`` of every parameter, and (should
-    anything write to them) parameters, buffers and optimizer state tensors. Inside, inference
-    mode is left, gradients are enabled and autocast is disabled (float32 math under AMP).
+    submodule's train/eval mode, and ``requires_grad`` and ``.grad`` of every parameter.
+    Guarded: parameters, buffers and optimizer state tensors must not be written to. The
+    measurement works on detached copies and never writes them, so instead of keeping a full copy
+    of the model and optimizer (≈ 3× the model for Adam) their version counters are compared, and
+    a write raises ``RuntimeError`` naming the tensor. Inside, inference mode is left, gradients
+    are enabled and autocast is disabled (float32 math under AMP).
     """
     rng = (
         torch.get_rng_state(),
@@ -42,13 +45,16 @@ def isolated(
     modes = [(m, m.training) for m in module.modules()]
     params = list(module.parameters())
     flags = [(p, p.requires_grad, p.grad) for p in params]
-    watched = [*params, *module.buffers()]
-    for optimizer in optimizers:
+    watched = [(f"parameter {n!r}", t) for n, t in module.named_parameters()]
+    watched += [(f"buffer {n!r}", t) for n, t in module.named_buffers()]
+    for index, optimizer in enumerate(optimizers):
         watched += [
-            v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)
+            (f"optimizer {index} state {key!r}", value)
+            for state in optimizer.state.values()
+            for key, value in state.items()
+            if torch.is_tensor(value)
         ]
-    versions = [t._version for t in watched]
-    snapshot = [t.detach().clone() for t in watched]
+    versions = [tensor._version for _, tensor in watched]
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.inference_mode(False))
@@ -71,6 +77,10 @@ def isolated(
             for p, requires_grad, grad in flags:
                 p.requires_grad_(requires_grad)
                 p.grad = grad
-            for tensor, version, saved in zip(watched, versions, snapshot, strict=True):
-                if tensor._version != version:
-                    tensor.copy_(saved)
+    written = [name for (name, t), v in zip(watched, versions, strict=True) if t._version != v]
+    if written:
+        raise RuntimeError(
+            f"the measurement wrote to {', '.join(written)}, which training owns; a model whose "
+            "forward pass updates its own state (running statistics, caches) must be measured in "
+            "a mode where it does not (eval_mode=True)"
+        )

@@ -65,7 +65,7 @@ def lightning_cli(args: Sequence[str] | dict[str, Any] | None, run: bool = True)
                 parser.link_arguments(
                     f"data.{name}", f"model.backbone.init_args.{name}", apply_on="instantiate"
                 )
-            for name in ("field_type", "target_field_type", "symmetry_group"):
+            for name in ("field_type", "target_field_type", "diagnostic_group"):
                 parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
 
         def after_fit(self) -> None:
@@ -105,10 +105,12 @@ def _print_log_location(trainer: Any) -> None:
 
 
 def generate_main(argv: Sequence[str]) -> int:
-    """``symcoherence generate --config C [--data.init_args.KEY VALUE ...]``.
+    """``symcoherence generate --config C [--data.init_args.source.init_args.KEY VALUE ...]``.
 
     Reads the ``data`` section of a run config (other sections are ignored), instantiates the
-    datamodule and runs its ``prepare_data`` (generation with a progress bar, or a cache hit).
+    datamodule and its source and runs its ``prepare_data`` (generation with a progress bar, or a
+    cache hit); the cache file's path is printed. Pipeline options such as
+    ``--data.init_args.cache_dir`` or ``--data.init_args.generation_device`` apply too.
     """
     from jsonargparse import ActionConfigFile, ArgumentParser
 

@@ -1,26 +1,31 @@
 """A hash-keyed, atomic, resumable HDF5 cache of simulated trajectories (solver agnostic).
 
 A dataset is fully described by a JSON-serializable ``config`` dict (solver, initial-condition and
-forcing parameters, grid, number of trajectories, output times, ...). Its file name is
-``{prefix}-{key}.h5`` with ``key = cache_key(config)``, the first 16 hex digits of the SHA-256 of the
-canonical JSON of the config, so a different configuration never reuses a file.
+forcing parameters, grid, number of trajectories, output times, ...; a
+:class:`~symcoherence.data.GeneratedSource` builds it from its fields and :data:`CACHE_FORMAT`). Its
+file name is ``{prefix}-{key}.h5`` with ``key = cache_key(config)``, the first 16 hex digits of the
+SHA-256 of the canonical JSON of the config, so a different configuration never reuses a file.
 
 API:
 
 * :func:`cache_key`, :func:`cache_path`: where a configuration lives.
 * :func:`ensure_cache` ``(cache_dir, config, generate, times=..., shape=..., field_type=...,
-  group=...)``: return the path of a complete, validated file, generating it when missing or invalid.
+  diagnostic_group=...)``: return the path of a complete, validated file, generating it when
+  missing or invalid.
   ``generate(start, count)`` returns trajectories ``start .. start + count - 1`` as an array or
   tensor of shape ``(count, T, C, H, W)``; it must be deterministic in ``start`` (seed each
   trajectory from its index) so that a resumed generation equals an uninterrupted one.
 * :func:`load_trajectories` ``(path, config=None, shape=None)``: read and validate a file into
-  :class:`CachedTrajectories` (numpy arrays, the field type, the rebuilt group, the config).
+  :class:`CachedTrajectories` (numpy arrays, the field type, the rebuilt diagnostic group, the
+  config).
 * :func:`check_cache` ``(path, config=None, shape=None)``: the reason a file is unusable, or ``None``.
 
 File layout: dataset ``trajectories`` ``(N, T, C, H, W)`` and ``times`` ``(T,)``; attributes
 ``config`` (canonical JSON) and one attribute ``param.{name}`` per top-level config entry,
-``field_type`` (JSON of :meth:`FieldType.to_list`), ``group`` (JSON of :meth:`Group.spec`),
-``symcoherence_version``, ``num_done`` (trajectories written so far), ``complete`` and ``sha256`` (of
+``field_type`` (JSON of :meth:`FieldType.to_list`), ``diagnostic_group`` (JSON of
+:meth:`Group.spec` of the group diagnostics measure by default, when there is one; the full symmetry
+group of a flow can have ``8 n²`` elements and is not stored), ``symcoherence_version``,
+``num_done`` (trajectories written so far), ``complete`` and ``sha256`` (of
 the trajectory and time bytes). Guarantees:
 
 * **Atomic**: data is written to ``{path}.tmp`` and renamed onto ``path`` only once complete, so a
@@ -42,9 +47,10 @@ Example:
     >>> make = lambda start, count: np.ones((count, 2, 1, 4, 4), np.float32)
     >>> with tempfile.TemporaryDirectory() as root:
     ...     path = ensure_cache(root, config, make, times=[0.0, 0.1], shape=(3, 2, 1, 4, 4),
-    ...                         field_type=FieldType(["scalar"]), group=D4(), progress=False)
+    ...                         field_type=FieldType(["scalar"]), diagnostic_group=D4(),
+    ...                         progress=False)
     ...     data = load_trajectories(path, config)
-    >>> data.trajectories.shape, data.group.name
+    >>> data.trajectories.shape, data.diagnostic_group.name
     ((3, 2, 1, 4, 4), 'D4')
 """
 
@@ -71,6 +77,9 @@ logger = logging.getLogger(__name__)
 
 Generate = Callable[[int, int], "np.ndarray | torch.Tensor"]
 
+CACHE_FORMAT = 2
+"""Version of the file layout, part of every source's cache key (2: ``diagnostic_group``)."""
+
 
 @dataclass
 class CachedTrajectories:
@@ -80,7 +89,8 @@ class CachedTrajectories:
         trajectories: ``(N, T, C, H, W)`` array.
         times: ``(T,)`` output times.
         field_type: field type of one frame (``C`` channels).
-        group: the declared symmetry group, rebuilt with :func:`symcoherence.groups.from_spec`.
+        diagnostic_group: the group diagnostics measure by default, rebuilt with
+            :func:`symcoherence.groups.from_spec`, or ``None`` if the file stores none.
         config: the configuration the file was generated from.
         path: where the file lives.
     """
@@ -88,7 +98,7 @@ class CachedTrajectories:
     trajectories: np.ndarray
     times: np.ndarray
     field_type: FieldType
-    group: Group
+    diagnostic_group: Group | None
     config: dict[str, Any]
     path: Path
 
@@ -177,7 +187,11 @@ def load_trajectories(
                     trajectories=file["trajectories"][()],
                     times=file["times"][()],
                     field_type=FieldType(json.loads(file.attrs["field_type"])),
-                    group=from_spec(json.loads(file.attrs["group"])),
+                    diagnostic_group=(
+                        from_spec(json.loads(file.attrs["diagnostic_group"]))
+                        if "diagnostic_group" in file.attrs
+                        else None
+                    ),
                     config=json.loads(file.attrs["config"]),
                     path=path,
                 )
@@ -225,7 +239,7 @@ def ensure_cache(
     times: Sequence[float] | np.ndarray,
     shape: Sequence[int],
     field_type: FieldType,
-    group: Group,
+    diagnostic_group: Group | None = None,
     prefix: str = "trajectories",
     chunk_size: int = 8,
     dtype: str = "float32",
@@ -241,7 +255,7 @@ def ensure_cache(
         times: ``(T,)`` output times stored next to the trajectories.
         shape: ``(N, T, C, H, W)`` of the whole dataset.
         field_type: field type of one frame; ``C`` must equal ``field_type.num_channels``.
-        group: the declared symmetry group, stored as ``group.spec()``.
+        diagnostic_group: the group diagnostics measure by default, stored as its ``spec()``.
         prefix: file-name prefix (e.g. ``"navier_stokes"``).
         chunk_size: trajectories per ``generate`` call (the most an interruption loses).
         dtype: on-disk dtype.
@@ -307,7 +321,8 @@ def ensure_cache(
         for name, value in config.items():
             file.attrs[f"param.{name}"] = json.dumps(value, sort_keys=True)
         file.attrs["field_type"] = json.dumps(field_type.to_list())
-        file.attrs["group"] = json.dumps(group.spec())
+        if diagnostic_group is not None:
+            file.attrs["diagnostic_group"] = json.dumps(diagnostic_group.spec())
         file.attrs["symcoherence_version"] = symcoherence.__version__
         file.attrs["sha256"] = _checksum(file)
         file.attrs["complete"] = True

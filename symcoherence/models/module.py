@@ -96,10 +96,12 @@ class EmulatorModule(L.LightningModule):
         log_images: log the image panel when a ``TensorBoardLogger`` is attached.
         field_type: field type of the inputs (the CLI links it from the datamodule).
         target_field_type: field type of the targets (default ``field_type``).
-        symmetry_group: the dataset's declared group (the CLI links it from the datamodule).
+        diagnostic_group: the small group that ``group_average`` averages over, e.g. ``D4`` (the
+            CLI links the datamodule's ``diagnostic_group``; not its full symmetry group, whose
+            ``8 n²`` elements would make averaging absurdly expensive).
         group_average: wrap the backbone in :class:`~symcoherence.models.GroupAveraged` over
-            ``symmetry_group`` — the exactly equivariant control model; needs ``field_type`` and
-            ``symmetry_group``.
+            ``diagnostic_group`` — the exactly equivariant control model; needs ``field_type`` and
+            ``diagnostic_group``.
 
     Equivariance:
         Exactly that of the backbone: the module adds no layers. Rollouts inherit the one-step
@@ -128,7 +130,7 @@ class EmulatorModule(L.LightningModule):
         log_images: bool = True,
         field_type: FieldType | list[str] | None = None,
         target_field_type: FieldType | list[str] | None = None,
-        symmetry_group: Group | str | dict | None = None,
+        diagnostic_group: Group | str | dict | None = None,
         group_average: bool = False,
     ):
         super().__init__()
@@ -138,7 +140,7 @@ class EmulatorModule(L.LightningModule):
             raise TypeError(f"backbone must be a torch.nn.Module, got {type(backbone).__name__}")
         self.field_type = _as_field_type(field_type)
         self.target_field_type = _as_field_type(target_field_type) or self.field_type
-        self.symmetry_group = resolve_group(symmetry_group)
+        self.diagnostic_group = resolve_group(diagnostic_group)
         if lr <= 0 or weight_decay < 0 or rollout_horizon < 0 or rollout_every_n_epochs < 1:
             raise ValueError(
                 "need lr > 0, weight_decay >= 0, rollout_horizon >= 0 and "
@@ -147,14 +149,14 @@ class EmulatorModule(L.LightningModule):
             )
         spec = module_spec(backbone)
         if group_average:
-            if self.symmetry_group is None or self.field_type is None:
+            if self.diagnostic_group is None or self.field_type is None:
                 raise ValueError(
-                    "group_average=True needs symmetry_group and field_type (the CLI links both "
-                    "from the datamodule; in Python pass e.g. symmetry_group=D4(), "
+                    "group_average=True needs diagnostic_group and field_type (the CLI links both "
+                    "from the datamodule; in Python pass e.g. diagnostic_group=D4(), "
                     "field_type=FieldType(['pseudoscalar']))"
                 )
             backbone = GroupAveraged(
-                backbone, self.symmetry_group, self.field_type, self.target_field_type
+                backbone, self.diagnostic_group, self.field_type, self.target_field_type
             )
         self.backbone = backbone
         self.loss_fn, loss_path = _resolve_loss(loss)
@@ -169,8 +171,8 @@ class EmulatorModule(L.LightningModule):
         if self.field_type is not None:
             hparams["field_type"] = self.field_type.to_list()
             hparams["target_field_type"] = self.target_field_type.to_list()
-        if self.symmetry_group is not None:
-            hparams["symmetry_group"] = self.symmetry_group.spec()
+        if self.diagnostic_group is not None:
+            hparams["diagnostic_group"] = self.diagnostic_group.spec()
         if spec is not None:
             hparams["backbone"] = spec
         if loss_path is not None:

@@ -1,9 +1,15 @@
-r"""A reusable ``LightningDataModule`` of one-step pairs cut from trajectories ``(N, T, C, H, W)``.
+r"""``TrajectoryDataModule``: one-step training pairs cut from the trajectories of any data source.
+
+The source (:class:`~symcoherence.data.TrajectorySource`: simulated Navier–Stokes or shallow-water
+trajectories, an HDF5 file, arrays in memory) says what the data is and how the symmetry groups act
+on it; this pipeline makes, loads, splits, normalizes and serves it. ``prepare_data`` makes the
+data (generation into the HDF5 cache for simulated sources, a no-op when a valid file exists) and
+``setup`` loads it.
 
 Samples are ``(x_t, x_{t+1})`` with an optional history: the input stacks frames
-``t − history + 1 … t`` along channels (field type ``frame_type.repeat(history)``), the target is
-frame ``t + 1``. Trajectories (never individual frames) are split into train/val/test with a seeded
-permutation, so no trajectory leaks between splits.
+``t − history + 1 … t`` along channels (field type ``frame_field_type.repeat(history)``), the target
+is frame ``t + 1``. Trajectories (never individual frames) are split into train/val/test with a
+permutation seeded by ``split_seed``, so no trajectory leaks between splits.
 
 **Normalization commutes with the group.** Each *field* gets one scale, computed on the training
 split: a vector's two components share one scale (the RMS over both), pseudoscalars and vectors are
@@ -18,10 +24,9 @@ each sample through :meth:`~symcoherence.groups.Group.act_pair`; the element is 
 
 Example:
     >>> import torch
-    >>> from symcoherence.groups import D4, FieldType
-    >>> data = TrajectoryDataModule(FieldType(["pseudoscalar"]), D4(),
-    ...                             trajectories=torch.randn(10, 5, 1, 8, 8), history=2)
-    >>> data.setup()
+    >>> from symcoherence.data import ArraySource
+    >>> source = ArraySource(torch.randn(10, 5, 1, 8, 8), ["pseudoscalar"], symmetry_group="D4")
+    >>> data = TrajectoryDataModule(source, history=2)
     >>> inputs, targets = data.probe_batch(1)
     >>> inputs.shape, targets.shape, data.field_type
     (torch.Size([1, 2, 8, 8]), torch.Size([1, 1, 8, 8]), FieldType(['pseudoscalar', 'pseudoscalar']))
@@ -29,20 +34,23 @@ Example:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from symcoherence.data.source import TrajectorySource, check_integer
 from symcoherence.groups import FieldType, Group, resolve_group
 
 
 class _Pairs(Dataset):
     """One-step pairs of a subset of trajectories, optionally augmented."""
 
-    def __init__(self, frames, history, field_type, frame_type, group=None, seed=0):
+    def __init__(self, frames, history, field_type, target_field_type, group=None, seed=0):
         self.frames, self.history = frames, history
-        self.field_type, self.frame_type = field_type, frame_type
+        self.field_type, self.target_field_type = field_type, target_field_type
         self.group, self.seed = group, seed
         self.per_trajectory = frames.shape[1] - history
         self.visits: dict[int, int] = {}
@@ -63,50 +71,76 @@ class _Pairs(Dataset):
         self.visits[index] = visit + 1
         generator = torch.Generator().manual_seed(hash((self.seed, index, visit)) & (2**62 - 1))
         element = self.group.sample(1, generator)[0]
-        return self.group.act_pair(element, inputs, targets, self.field_type, self.frame_type)
+        return self.group.act_pair(
+            element, inputs, targets, self.field_type, self.target_field_type
+        )
 
 
 class TrajectoryDataModule(L.LightningDataModule):
-    """One-step pairs from trajectories ``(N, T, C, H, W)`` (see the module docstring).
-
-    Subclasses override :meth:`load_trajectories` (and usually :meth:`prepare_data`).
+    """One-step pairs from the trajectories of a source (see the module docstring).
 
     Args:
-        frame_type: field type of one frame (``C`` channels).
-        symmetry_group: the dataset's declared group (default orbit for diagnostics).
-        trajectories: in-memory ``(N, T, C, H, W)`` data, used by the base :meth:`load_trajectories`.
+        source: where the trajectories come from, e.g.
+            :class:`~symcoherence.data.NavierStokesSource` ``(n=32)``,
+            :class:`~symcoherence.data.SphericalShallowWaterSource`,
+            :class:`~symcoherence.data.HDF5Source` or :class:`~symcoherence.data.ArraySource`.
         history: input frames per sample (stacked along channels).
         batch_size: samples per batch.
         num_workers: DataLoader workers.
         val_fraction: fraction of trajectories for validation.
         test_fraction: fraction of trajectories for testing.
-        split_seed: seed of the trajectory permutation.
-        augment_group: group whose random elements augment training samples (``"default"`` = the
-            symmetry group), or ``None``.
+        split_seed: seed of the trajectory permutation that makes the splits.
+        augment_group: group whose random elements augment training samples (``"default"``: the
+            source's ``diagnostic_group``; ``"D4"``, ``"C4"``, a JSON spec or a Group), or ``None``.
         augment_seed: seed of the augmentation draws.
         normalize: scale fields as described in the module docstring.
+        cache_dir: directory of the HDF5 trajectory cache (for sources that generate data).
+        generation_device: torch device of the simulation (e.g. ``"cuda"``).
+        generation_batch: trajectories simulated per batch (and per cache chunk).
+        progress: show a progress bar while generating.
+
+    Attributes:
+        path: the source's file once :meth:`prepare_data` ran (``None`` for in-memory data).
+
+    Raises:
+        TypeError: if ``source`` is not a :class:`~symcoherence.data.TrajectorySource`.
+        ValueError: for a bad history, batch size or split, or trajectories too short for
+            ``history`` or too few to leave training data, before anything is generated.
     """
 
     def __init__(
         self,
-        frame_type: FieldType,
-        symmetry_group: Group | None = None,
-        trajectories: torch.Tensor | np.ndarray | None = None,
+        source: TrajectorySource,
+        *,
         history: int = 1,
         batch_size: int = 16,
         num_workers: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
+        val_fraction: float = 0.125,
+        test_fraction: float = 0.125,
         split_seed: int = 0,
-        augment_group: Group | str | None = None,
+        augment_group: Group | str | dict | None = None,
         augment_seed: int = 0,
         normalize: bool = True,
+        cache_dir: str = "./data_cache",
+        generation_device: str = "cpu",
+        generation_batch: int = 16,
+        progress: bool = True,
     ):
         super().__init__()
-        if not isinstance(history, int) or history < 1:
-            raise ValueError(
-                f"history must be a positive integer number of frames, got {history!r}"
+        if not isinstance(source, TrajectorySource):
+            raise TypeError(
+                "source must be a TrajectorySource, e.g. NavierStokesSource(n=32), "
+                "SphericalShallowWaterSource(), HDF5Source('file.h5') or ArraySource(data, "
+                f"['vector']); got {type(source).__name__}. In a config, give it as "
+                "source: {class_path: symcoherence.data.NavierStokesSource, init_args: {...}}"
             )
+        for name, value, least in (
+            ("history", history, 1),
+            ("batch_size", batch_size, 1),
+            ("num_workers", num_workers, 0),
+            ("generation_batch", generation_batch, 1),
+        ):
+            check_integer(type(self).__name__, name, value, least)
         if not (
             0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1
         ):
@@ -114,38 +148,55 @@ class TrajectoryDataModule(L.LightningDataModule):
                 f"val_fraction and test_fraction must be in [0, 1) and sum to < 1 so that training "
                 f"data remains; got {val_fraction} and {test_fraction}"
             )
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.frame_type = frame_type
-        self._symmetry_group = symmetry_group
-        self._given = trajectories
+        count, frames = source.shape[:2]
+        if frames <= history:
+            raise ValueError(
+                f"num_frames = {frames} leaves no target for history = {history}; "
+                f"record at least {history + 1} frames"
+            )
+        if count - round(val_fraction * count) - round(test_fraction * count) < 1:
+            raise ValueError(
+                f"{count} trajectories leave none for training with val_fraction={val_fraction} "
+                f"and test_fraction={test_fraction}; generate more trajectories"
+            )
+        self.source = source
         self.history, self.batch_size, self.num_workers = history, batch_size, num_workers
-        self.val_fraction, self.test_fraction, self.split_seed = (
-            val_fraction,
-            test_fraction,
-            split_seed,
-        )
-        self.augment_group = resolve_group(augment_group, symmetry_group)
-        self.augment_seed, self.normalize = augment_seed, normalize
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.split_seed, self.augment_seed, self.normalize = split_seed, augment_seed, normalize
+        self.augment_group = resolve_group(augment_group, default=source.diagnostic_group)
+        self.cache_dir = cache_dir
+        self.generation_device, self.generation_batch = generation_device, generation_batch
+        self.progress = progress
+        self.path: Path | None = None
         self.splits: dict[str, torch.Tensor] = {}
         self.scale: torch.Tensor | None = None
         self.offset: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ declared types
     @property
+    def frame_field_type(self) -> FieldType:
+        """Field type of one frame (the source's ``field_type``)."""
+        return self.source.field_type
+
+    @property
     def field_type(self) -> FieldType:
-        """Input field type: ``frame_type.repeat(history)``."""
-        return self.frame_type.repeat(self.history)
+        """Input field type: ``frame_field_type.repeat(history)``."""
+        return self.frame_field_type.repeat(self.history)
 
     @property
     def target_field_type(self) -> FieldType:
         """Target field type: one frame."""
-        return self.frame_type
+        return self.frame_field_type
 
     @property
     def symmetry_group(self) -> Group | None:
-        """The dataset's declared symmetry group used by diagnostics by default."""
-        return self._symmetry_group
+        """The source's full admissible group (every symmetry of the data), or ``None``."""
+        return self.source.symmetry_group
+
+    @property
+    def diagnostic_group(self) -> Group | None:
+        """The source's small subgroup that diagnostics measure by default, or ``None``."""
+        return self.source.diagnostic_group
 
     @property
     def in_channels(self) -> int:
@@ -155,38 +206,32 @@ class TrajectoryDataModule(L.LightningDataModule):
     @property
     def out_channels(self) -> int:
         """Target channels ``C``."""
-        return self.frame_type.num_channels
+        return self.frame_field_type.num_channels
 
     # ------------------------------------------------------------------ data
-    def load_trajectories(self) -> torch.Tensor | np.ndarray:
-        """The full ``(N, T, C, H, W)`` data set; the base class returns ``trajectories``."""
-        if self._given is None:
-            raise ValueError(
-                "TrajectoryDataModule needs trajectories=(N, T, C, H, W) data, or a subclass that "
-                "overrides load_trajectories()"
-            )
-        return self._given
+    def prepare_data(self) -> None:
+        """Make the source's data (generate it into ``cache_dir`` unless a valid file exists)."""
+        self.path = self.source.prepare(
+            self.cache_dir,
+            device=self.generation_device,
+            generation_batch=self.generation_batch,
+            progress=self.progress,
+        )
 
     def setup(self, stage: str | None = None) -> None:
-        """Load, check, split by trajectory and normalize (idempotent)."""
+        """Make (if needed), load, check, split by trajectory and normalize (idempotent)."""
         if self.splits:
             return
-        data = torch.as_tensor(np.asarray(self.load_trajectories()), dtype=torch.float32)
-        if data.dim() != 5 or data.shape[2] != self.frame_type.num_channels:
+        self.prepare_data()
+        data = torch.as_tensor(np.asarray(self.source.load(self.cache_dir)), dtype=torch.float32)
+        if tuple(data.shape) != tuple(self.source.shape):
             raise ValueError(
-                f"trajectories must be (N, T, C, H, W) with C = {self.frame_type.num_channels} for "
-                f"{self.frame_type!r}; got shape {tuple(data.shape)}"
-            )
-        if data.shape[1] <= self.history:
-            raise ValueError(
-                f"history={self.history} needs trajectories of more than {self.history} frames; "
-                f"got T = {data.shape[1]}"
+                f"the source declared trajectories of shape {tuple(self.source.shape)} "
+                f"(N, T, C, H, W) but loaded {tuple(data.shape)}"
             )
         count = data.shape[0]
         order = torch.randperm(count, generator=torch.Generator().manual_seed(self.split_seed))
         num_val, num_test = round(self.val_fraction * count), round(self.test_fraction * count)
-        if count - num_val - num_test < 1:
-            raise ValueError(f"{count} trajectories leave none for training; generate more")
         self.splits = {
             "train": order[num_val + num_test :].sort().values,
             "val": order[:num_val].sort().values,
@@ -197,11 +242,11 @@ class TrajectoryDataModule(L.LightningDataModule):
 
     def _statistics(self, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel ``(scale, offset)``: one scale per field, offsets only for scalars."""
-        channels = self.frame_type.num_channels
+        channels = self.out_channels
         scale, offset = torch.ones(channels), torch.zeros(channels)
         if not self.normalize:
             return scale, offset
-        for kind, start in self.frame_type.blocks():
+        for kind, start in self.frame_field_type.blocks():
             width = 2 if kind == "vector" else 1
             block = train[:, :, start : start + width].double()
             if kind == "scalar":
@@ -222,9 +267,13 @@ class TrajectoryDataModule(L.LightningDataModule):
         if split not in self.splits:
             raise ValueError(f"split must be one of {list(self.splits)}, got {split!r}")
         group = self.augment_group if augment else None
-        frames = self.data[self.splits[split]]
         return _Pairs(
-            frames, self.history, self.field_type, self.frame_type, group, self.augment_seed
+            self.data[self.splits[split]],
+            self.history,
+            self.field_type,
+            self.target_field_type,
+            group,
+            self.augment_seed,
         )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

@@ -20,13 +20,14 @@ with relative vorticity ``ζ``, divergence ``δ``, geopotential ``Φ = g h``, Co
 * **A Markov frame map.** :meth:`SphericalShallowWater.step` maps a grid state to the grid state
   ``num_steps · dt`` later, restarting the multistep scheme at every call, so the next frame is a
   function of the current frame alone (what a one-step emulator learns).
-* **Declared symmetry.** Every zonal shift and the equatorial mirror, with the sign rules derived in
+* **Symmetry.** Every zonal shift and the equatorial mirror, with the sign rules derived in
   :mod:`symcoherence.groups.sphere` (``v`` and ``ζ`` change sign under the mirror):
-  :attr:`SphericalShallowWater.symmetry_group` is ``ZonalxEquator`` with all ``2·nlon`` elements.
+  :attr:`SphericalShallowWater.symmetry_group` is ``ZonalxEquator`` with all ``2·nlon`` elements,
+  and :attr:`SphericalShallowWater.diagnostic_group` its subgroup of up to 8 shifts (every
+  ``nlon // gcd(nlon, 8)`` cells), each with and without the mirror (:func:`diagnostic_group`).
 
-:class:`~symcoherence.data.shallow_water_datamodule.SphericalShallowWaterDataModule` caches
-trajectories of it (with the shared HDF5 cache of :mod:`symcoherence.data.cache`) and serves
-one-step training pairs.
+:class:`~symcoherence.data.SphericalShallowWaterSource` describes a data set of its trajectories
+(cached with :mod:`symcoherence.data.cache`).
 
 ``torch_harmonics`` is imported when a solver is built, never at module import.
 
@@ -35,8 +36,8 @@ Example:
     >>> x0 = solver.initial_condition("random", seed=0)
     >>> solver.rollout(x0, num_frames=3, steps_per_frame=2).shape
     torch.Size([3, 3, 16, 32])
-    >>> solver.symmetry_group.name, len(solver.symmetry_group)
-    ('ZonalxEquator', 64)
+    >>> solver.symmetry_group.name, len(solver.symmetry_group), len(solver.diagnostic_group)
+    ('ZonalxEquator', 64, 16)
 """
 
 from __future__ import annotations
@@ -57,6 +58,21 @@ FIELD_TYPES = {
 GRIDS = ("equiangular", "legendre-gauss", "lobatto")
 INITIAL_CONDITIONS = ("random", "galewsky")
 _MAX_COURANT = 0.5  # AB3 is stable for dt·ω < 0.72 on oscillatory modes; keep a margin
+
+
+def diagnostic_group(nlon: int, zonal_stride: int | None = None) -> SphereProduct:
+    """``ZonalShifts(nlon, stride=zonal_stride) × EquatorialReflection``, named ``"ZonalxEquator"``.
+
+    Args:
+        nlon: longitudes of the grid.
+        zonal_stride: shift step in cells; must divide ``nlon`` (default ``nlon // gcd(nlon, 8)``:
+            up to 8 shifts).
+
+    Raises:
+        ValueError: if ``zonal_stride`` does not divide ``nlon``.
+    """
+    stride = nlon // math.gcd(nlon, 8) if zonal_stride is None else zonal_stride
+    return SphereProduct(ZonalShifts(nlon, stride=stride), EquatorialReflection())
 
 
 def check_fields(fields: str) -> FieldType:
@@ -135,6 +151,7 @@ class SphericalShallowWater:
         nlat: int = 32,
         nlon: int = 64,
         dt: float = 600.0,
+        *,
         fields: str = "uvh",
         grid: str = "equiangular",
         lmax: int | None = None,
@@ -172,6 +189,11 @@ class SphericalShallowWater:
     def symmetry_group(self) -> SphereProduct:
         """Every zonal shift and the equatorial mirror (``2·nlon`` elements, all exact)."""
         return SphereProduct(ZonalShifts(self.nlon), EquatorialReflection())
+
+    @property
+    def diagnostic_group(self) -> SphereProduct:
+        """Up to 8 zonal shifts, each with and without the mirror (:func:`diagnostic_group`)."""
+        return diagnostic_group(self.nlon)
 
     # ------------------------------------------------------------------ conversions
     def to_grid(self, spec: torch.Tensor) -> torch.Tensor:

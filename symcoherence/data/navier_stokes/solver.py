@@ -18,8 +18,12 @@ each) per step.
 
 Every operator is built in float64 and kept as a non-persistent buffer; :meth:`rollout` casts it to
 the input's dtype and device, so the solver runs in float32 or float64 on CPU or GPU with any leading
-batch shape. The declared symmetry of a configuration is the set of rotations, reflections and integer
-shifts that fix the forcing (:mod:`symcoherence.data.forcing`); the solver commutes with each of them.
+batch shape.
+
+Symmetry: :attr:`NavierStokes2D.symmetry_group` is every rotation, reflection and integer shift of
+the grid that fixes the forcing (``8 n²`` elements unforced); the solver commutes with each of them.
+:attr:`NavierStokes2D.diagnostic_group` is a small subgroup of it for diagnostics (``D4`` unforced);
+both are derived from the forcing field in :mod:`symcoherence.data.navier_stokes.forcing`.
 
 Example:
     >>> import math, torch
@@ -28,8 +32,8 @@ Example:
     >>> omega0 = torch.sin(2 * math.pi * coordinate)[:, None] * torch.sin(2 * math.pi * coordinate)
     >>> solver.rollout(omega0, [0.0, 0.1]).shape
     torch.Size([2, 16, 16])
-    >>> solver.symmetry_group.name
-    'D4'
+    >>> solver.diagnostic_group.name, solver.symmetry_group.name, len(solver.symmetry_group)
+    ('D4', 'D4xShifts', 2048)
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from functools import cached_property
 
 import torch
 
-from symcoherence.data.forcing import Forcing, orbit_group, stabilizer
+from symcoherence.data.navier_stokes.forcing import Forcing, orbit_group, stabilizer
 from symcoherence.groups import LatticeGroup
 
 # Spalart, Moser & Rogers (1991): substage k uses gamma_k N(ω_k) + zeta_k N(ω_{k-1}) explicitly and
@@ -55,18 +59,19 @@ class NavierStokes2D(torch.nn.Module):
     Args:
         n: grid points per side (even or odd).
         viscosity: ``ν ≥ 0``.
-        forcing: ``None`` or a :class:`~symcoherence.data.forcing.Forcing` on the same grid
-            (build one with :func:`~symcoherence.data.forcing.make_forcing`).
+        forcing: ``None`` or a :class:`~symcoherence.data.navier_stokes.Forcing` on the same grid
+            (build one with :func:`~symcoherence.data.navier_stokes.make_forcing`).
         drag: linear drag ``α ≥ 0``.
         dt: time step; ``None`` picks ``0.5 · max_cfl`` of the initial state in each rollout.
         max_cfl: largest allowed ``dt · n · max(|u_x| + |u_y|)``; exceeded at any output time, a
             rollout raises.
 
     Attributes:
-        symmetry_group: small group of admissible elements used by diagnostics by default (``D4``
-            when unforced; see :func:`~symcoherence.data.forcing.orbit_group`).
-        declared_group: every admissible rotation, reflection and integer shift
-            (:func:`~symcoherence.data.forcing.stabilizer`, ``8 n²`` elements when unforced).
+        symmetry_group: every rotation, reflection and integer shift that fixes the forcing, hence
+            commutes with the solver (:func:`~symcoherence.data.navier_stokes.stabilizer`,
+            ``8 n²`` elements when unforced).
+        diagnostic_group: a small subgroup of ``symmetry_group`` that diagnostics measure by
+            default (``D4`` when unforced; :func:`~symcoherence.data.navier_stokes.orbit_group`).
     """
 
     def __init__(
@@ -75,6 +80,7 @@ class NavierStokes2D(torch.nn.Module):
         viscosity: float,
         forcing: Forcing | None = None,
         drag: float = 0.0,
+        *,
         dt: float | None = None,
         max_cfl: float = 0.8,
     ):
@@ -292,13 +298,13 @@ class NavierStokes2D(torch.nn.Module):
     # ------------------------------------------------------------------ symmetry
     @cached_property
     def symmetry_group(self) -> LatticeGroup:
-        """Small admissible group for diagnostics (``D4`` when unforced)."""
-        return orbit_group(self._forcing_or_zero())
+        """Every rotation, reflection and integer shift that fixes the forcing (built on first use)."""
+        return stabilizer(self._forcing_or_zero())
 
     @cached_property
-    def declared_group(self) -> LatticeGroup:
-        """Every rotation, reflection and integer shift that fixes the forcing."""
-        return stabilizer(self._forcing_or_zero())
+    def diagnostic_group(self) -> LatticeGroup:
+        """The small admissible subgroup measured by default (``D4`` when unforced)."""
+        return orbit_group(self._forcing_or_zero())
 
     def _forcing_or_zero(self) -> Forcing:
         if self.forcing is not None:

@@ -183,3 +183,15 @@ def test_concurrent_readers(tmp_path):
     assert [child.returncode for child in children] == [0, 0]
     assert [float(out) for out in outputs] == [9.0, 9.0]
     assert data.trajectories[9].mean() == 9.0
+
+
+def test_a_failure_a_resumed_run_would_repeat_leaves_no_temporary_file(tmp_path):
+    def diverging(start, count):
+        chunk = make(start, count)
+        if start >= 4:
+            chunk[0, 0, 0, 0, 0] = np.nan
+        return chunk
+
+    with pytest.raises(FloatingPointError, match="NaN or Inf"):
+        build(tmp_path, generate=diverging)
+    assert list(tmp_path.rglob("*.tmp")) == []  # an interruption (above) keeps it to resume

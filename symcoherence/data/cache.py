@@ -289,10 +289,48 @@ def ensure_cache(
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
     chunk_size = min(chunk_size, shape[0])
+    try:
+        _fill(
+            temporary,
+            generate,
+            shape,
+            times,
+            config,
+            field_type,
+            diagnostic_group,
+            dtype,
+            chunk_size,
+            progress,
+            path.name,
+        )
+    except (FloatingPointError, ValueError):
+        temporary.unlink(missing_ok=True)  # a resumed run would fail the same way
+        raise
+    os.replace(temporary, path)
+    return path
+
+
+def _fill(
+    temporary,
+    generate,
+    shape,
+    times,
+    config,
+    field_type,
+    diagnostic_group,
+    dtype,
+    chunk_size,
+    progress,
+    label,
+):
+    """Generate into the temporary file chunk by chunk and mark it complete (see ``ensure_cache``).
+
+    An interruption (Ctrl-C, a crash) leaves the temporary file for the next run to resume.
+    """
     with _open_temporary(temporary, config, shape, chunk_size, dtype) as file:
         done = int(file.attrs["num_done"])
         with tqdm(
-            total=shape[0], initial=done, desc=path.name, unit="traj", disable=not progress
+            total=shape[0], initial=done, desc=label, unit="traj", disable=not progress
         ) as bar:
             while done < shape[0]:
                 count = min(chunk_size, shape[0] - done)
@@ -326,5 +364,3 @@ def ensure_cache(
         file.attrs["symcoherence_version"] = symcoherence.__version__
         file.attrs["sha256"] = _checksum(file)
         file.attrs["complete"] = True
-    os.replace(temporary, path)
-    return path

@@ -140,9 +140,9 @@ def test_non_finite_chunk_never_reaches_a_file(tmp_path):
         build(tmp_path, generate=exploding)
     path = cache_path(tmp_path, CONFIG, "trajectories")
     assert not path.exists()
-    with h5py.File(path.with_name(path.name + ".tmp"), "r") as file:
-        assert file.attrs["num_done"] == 4
-        assert np.isfinite(file["trajectories"][:4]).all()
+    # a resumed run would hit the same NaN: no temporary file is left behind (an interruption,
+    # above, keeps its file to resume)
+    assert list(tmp_path.rglob("*.tmp")) == []
 
 
 def test_bad_arguments(tmp_path):
@@ -183,15 +183,3 @@ def test_concurrent_readers(tmp_path):
     assert [child.returncode for child in children] == [0, 0]
     assert [float(out) for out in outputs] == [9.0, 9.0]
     assert data.trajectories[9].mean() == 9.0
-
-
-def test_a_failure_a_resumed_run_would_repeat_leaves_no_temporary_file(tmp_path):
-    def diverging(start, count):
-        chunk = make(start, count)
-        if start >= 4:
-            chunk[0, 0, 0, 0, 0] = np.nan
-        return chunk
-
-    with pytest.raises(FloatingPointError, match="NaN or Inf"):
-        build(tmp_path, generate=diverging)
-    assert list(tmp_path.rglob("*.tmp")) == []  # an interruption (above) keeps it to resume

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from symcoherence.callbacks import OrbitCoherenceMonitor
-from symcoherence.cli import lightning_cli
+from symcoherence.cli.lightning import lightning_cli
 from symcoherence.data import TrajectoryDataModule
 from symcoherence.models import EmulatorModule
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from symcoherence.cli import lightning_cli
+from symcoherence.cli.lightning import lightning_cli
 from symcoherence.coherence import GaussNewton
 from symcoherence.data import SphericalShallowWaterSource, TrajectoryDataModule
 from symcoherence.models import SFNO

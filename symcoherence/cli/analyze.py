@@ -31,6 +31,7 @@ import yaml
 
 from symcoherence.callbacks._isolation import isolated
 from symcoherence.callbacks._probes import declared_defaults, draw_probe, find_loss, measured_model
+from symcoherence.cli.lightning import UsageError, explain, lightning_cli
 from symcoherence.coherence import (
     METRIC_NAMES,
     NORMALIZATIONS,
@@ -55,8 +56,6 @@ def find_config(checkpoint: Path) -> Path:
 
 def load_run(checkpoint: Path, config: Path) -> tuple[Any, Any, dict[str, Any]]:
     """Rebuild ``(model, datamodule, checkpoint dict)`` from a run config and load the weights."""
-    from symcoherence.cli.lightning import lightning_cli
-
     with open(config) as stream:
         run_config = yaml.safe_load(stream) or {}
     if not isinstance(run_config, dict) or "model" not in run_config or "data" not in run_config:
@@ -202,6 +201,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="symcoherence analyze",
         description="The monitor's orbit-influence measurement of a checkpoint.",
         allow_abbrev=False,
+        exit_on_error=False,
     )
     parser.add_argument("checkpoint", type=Path, help="a .ckpt written by symcoherence fit")
     parser.add_argument("--config", type=Path, help="run config (default: the run's config.yaml)")
@@ -226,13 +226,19 @@ def _parser() -> argparse.ArgumentParser:
 def analyze_main(argv: Sequence[str]) -> str:
     """``symcoherence analyze``: write ``analysis.png`` and ``analysis.json``; return the report.
 
-    Exits through ``argparse`` (status 2, one-line message on stderr) for bad arguments, a missing
-    or incompatible checkpoint or config, or a group that does not fit the data.
+    Raises:
+        UsageError: (one line, status 2 from the command) for bad arguments, a missing or
+            incompatible checkpoint or config, or a group that does not fit the data.
     """
     parser = _parser()
-    args = parser.parse_args(list(argv))
+    try:
+        args, unknown = parser.parse_known_args(list(argv))
+    except argparse.ArgumentError as error:
+        raise UsageError(str(error)) from None
+    if unknown:
+        raise UsageError(explain(f"unrecognized arguments: {' '.join(unknown)}", parser))
     if not args.checkpoint.is_file():
-        parser.error(f"checkpoint {args.checkpoint} does not exist")
+        raise UsageError(f"checkpoint {args.checkpoint} does not exist")
     try:
         spec = MeasurementSpec(
             group=args.group,
@@ -257,7 +263,7 @@ def analyze_main(argv: Sequence[str]) -> str:
             optimizer=optimizer,
         )
     except (FileNotFoundError, ValueError, TypeError) as error:
-        parser.error(str(error))
+        raise UsageError(str(error)) from None
     output = args.output or args.checkpoint.with_name(f"{args.checkpoint.stem}_analysis")
     output.mkdir(parents=True, exist_ok=True)
     summary = measurement.summary()

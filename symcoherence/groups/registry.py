@@ -54,15 +54,15 @@ def from_spec(spec: dict[str, Any]) -> Group:
 def resolve_group(group: Group | str | dict | None, default: Group | None = None) -> Group | None:
     """A group from a :class:`Group`, a name, a spec dict or its JSON, as configs write them.
 
-    Names are the no-argument groups (``"D4"``, ``"C4"``) and ``"default"``, which returns
-    ``default`` (e.g. the dataset's declared group). ``None`` stays ``None``.
+    Names are the no-argument groups (``"D4"``, ``"C4"``, in any case) and ``"default"``, which
+    returns ``default`` (e.g. the dataset's diagnostic group). ``None`` stays ``None``.
 
     Raises:
         TypeError: for a value of another type.
         ValueError: for an unknown name or spec.
 
     Example:
-        >>> resolve_group("C4").elements
+        >>> resolve_group("c4").elements
         ('e', 'r', 'r2', 'r3')
     """
     if group is None or isinstance(group, Group):
@@ -78,14 +78,14 @@ def resolve_group(group: Group | str | dict | None, default: Group | None = None
         return default
     if group.lstrip().startswith("{"):
         return from_spec(json.loads(group))
-    named = {"D4": D4, "C4": C4}
-    if group not in named:
+    named = {"d4": D4, "c4": C4}
+    if group.strip().lower() not in named:
         raise ValueError(
-            f"unknown group {group!r}; names resolved here are {sorted(named)} and 'default' (the "
-            "dataset's declared group); for other groups pass the object, e.g. "
+            f"unknown group {group!r}; names resolved here are 'D4', 'C4' (any case) and "
+            "'default' (the data's diagnostic group); for other groups pass the object, e.g. "
             "symcoherence.groups.Shifts(box=1, period=64), or the JSON of group.spec()"
         )
-    return named[group]()
+    return named[group.strip().lower()]()
 
 
 def _lattice(spec: dict[str, Any]) -> Group:

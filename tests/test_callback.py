@@ -46,11 +46,11 @@ def fired(logger: RecordingLogger, key="basin/D4/compatibility") -> dict[int, fl
 
 # ---------------------------------------------------------------- state key
 def test_state_key_names_the_resolved_group_and_prefix_and_is_cached():
-    explicit = sc.OrbitCoherenceMonitor(group="C4", prefix="a/")
+    explicit = sc.OrbitCoherenceMonitor(max_overhead=None, group="C4", prefix="a/")
     assert explicit.state_key == "OrbitCoherenceMonitor{'group': 'C4', 'prefix': 'a/'}"
     assert explicit.state_key is explicit.state_key
 
-    default = sc.OrbitCoherenceMonitor()
+    default = sc.OrbitCoherenceMonitor(max_overhead=None)
     assert default.state_key == "OrbitCoherenceMonitor{'group': 'datamodule', 'prefix': ''}"
     data = TinyData()
     default.setup(type("T", (), {"datamodule": data, "loggers": []})(), TinyModule(), "fit")
@@ -62,7 +62,7 @@ def test_state_key_names_the_resolved_group_and_prefix_and_is_cached():
 def test_tensorboard_event_files_hold_scalars_images_histograms_layout_and_hparams(tmp_path):
     recording = RecordingLogger()
     tensorboard = TensorBoardLogger(tmp_path, name="tb", version=0)
-    monitor = sc.OrbitCoherenceMonitor(every_n_train_steps=2, probe_size=6)
+    monitor = sc.OrbitCoherenceMonitor(max_overhead=None, every_n_train_steps=2, probe_size=6)
     trainer([monitor], logger=[recording, tensorboard], max_epochs=1).fit(
         TinyModule(), datamodule=TinyData()
     )
@@ -119,7 +119,7 @@ def test_tensorboard_event_files_hold_scalars_images_histograms_layout_and_hpara
 def test_any_logger_gets_the_scalars_and_callback_metrics_are_set():
     recording = RecordingLogger()
     monitor = sc.OrbitCoherenceMonitor(
-        every_n_train_steps=3, every_n_epochs=None, probe_size=4, prefix="probe/"
+        max_overhead=None, every_n_train_steps=3, every_n_epochs=None, probe_size=4, prefix="probe/"
     )
     fit = trainer([monitor], logger=recording, max_epochs=2)
     fit.fit(TinyModule(), datamodule=TinyData())
@@ -133,9 +133,15 @@ def test_epoch_schedule_and_gradient_accumulation_count_optimizer_steps():
     recording = RecordingLogger()
     monitors = [
         sc.OrbitCoherenceMonitor(
-            every_n_train_steps=1, every_n_epochs=None, probe_size=4, equivariance=False
+            max_overhead=None,
+            every_n_train_steps=1,
+            every_n_epochs=None,
+            probe_size=4,
+            equivariance=False,
         ),
-        sc.OrbitCoherenceMonitor(group="C4", every_n_epochs=2, probe_size=4, equivariance=False),
+        sc.OrbitCoherenceMonitor(
+            max_overhead=None, group="C4", every_n_epochs=2, probe_size=4, equivariance=False
+        ),
     ]
     trainer(monitors, logger=recording, max_epochs=4, accumulate_grad_batches=2).fit(
         TinyModule(), datamodule=TinyData()
@@ -145,7 +151,7 @@ def test_epoch_schedule_and_gradient_accumulation_count_optimizer_steps():
 
 
 def test_measuring_from_a_validation_hook_leaves_inference_mode():
-    monitor = sc.OrbitCoherenceMonitor(every_n_epochs=10**6, probe_size=4)
+    monitor = sc.OrbitCoherenceMonitor(max_overhead=None, every_n_epochs=10**6, probe_size=4)
 
     class Measuring(TinyModule):
         def on_validation_epoch_end(self):
@@ -162,7 +168,7 @@ def test_measuring_from_a_validation_hook_leaves_inference_mode():
 def test_group_averaged_model_has_ratio_one_for_every_element(tol):
     backbone = GroupAveraged(tiny_backbone(), sc.groups.D4(), sc.FieldType(["scalar"]))
     recording = RecordingLogger()
-    monitor = sc.OrbitCoherenceMonitor(every_n_train_steps=2, probe_size=6)
+    monitor = sc.OrbitCoherenceMonitor(max_overhead=None, every_n_train_steps=2, probe_size=6)
     trainer([monitor], logger=recording, max_epochs=1, precision="64-true").fit(
         TinyModule(backbone), datamodule=TinyData()
     )
@@ -179,7 +185,7 @@ def test_non_equivariant_model_has_intervals_that_exclude_ratio_one():
     # must lie below 1 (the margin is the interval, not round-off).
     recording = RecordingLogger()
     module = TinyModule(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 1, 1)))
-    monitor = sc.OrbitCoherenceMonitor(probe_size=8, normalization="cosine")
+    monitor = sc.OrbitCoherenceMonitor(max_overhead=None, probe_size=8, normalization="cosine")
     trainer([monitor], logger=recording, max_epochs=1).fit(module, datamodule=TinyData())
     for element in D4[1:]:
         assert recording.values(f"coherence/D4/ratio_hi/{element}")[4] < 0.999
@@ -194,7 +200,11 @@ def _training_run(with_monitor: bool):
     module = TinyModule(backbone)
     recording = RecordingLogger()
     callbacks = (
-        [sc.OrbitCoherenceMonitor(every_n_train_steps=2, probe_size=4, metric="adam")]
+        [
+            sc.OrbitCoherenceMonitor(
+                max_overhead=None, every_n_train_steps=2, probe_size=4, metric="adam"
+            )
+        ]
         if with_monitor
         else []
     )
@@ -272,7 +282,7 @@ def test_isolation_names_any_tensor_training_owns_that_a_measurement_writes(writ
 
 def test_mixed_precision_training_is_measured_in_float32():
     recording = RecordingLogger()
-    monitor = sc.OrbitCoherenceMonitor(every_n_train_steps=2, probe_size=4)
+    monitor = sc.OrbitCoherenceMonitor(max_overhead=None, every_n_train_steps=2, probe_size=4)
     trainer([monitor], logger=recording, max_epochs=1, precision="bf16-mixed").fit(
         TinyModule(), datamodule=TinyData()
     )

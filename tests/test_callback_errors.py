@@ -50,7 +50,7 @@ Monitor = sc.OrbitCoherenceMonitor
 )
 def test_invalid_arguments_fail_at_construction(kwargs, error, fix):
     with pytest.raises(error, match=fix):
-        Monitor(**kwargs)
+        Monitor(max_overhead=None, **kwargs)
 
 
 def _fit(monitor, module=None, data=None, **kwargs):
@@ -69,40 +69,52 @@ class BatchNormModule(TinyModule):
 @pytest.mark.parametrize(
     ("monitor", "module", "data", "fix"),
     [
-        (lambda: Monitor(probe_size=4), None, PlainData, "pass group=.*diagnostic_group"),
-        (lambda: Monitor(group="D4", probe_size=4), None, PlainData, "pass field_type="),
         (
-            lambda: Monitor(probe_size=4, field_type=["vector"]),
+            lambda: Monitor(max_overhead=None, probe_size=4),
+            None,
+            PlainData,
+            "pass group=.*diagnostic_group",
+        ),
+        (
+            lambda: Monitor(max_overhead=None, group="D4", probe_size=4),
+            None,
+            PlainData,
+            "pass field_type=",
+        ),
+        (
+            lambda: Monitor(max_overhead=None, probe_size=4, field_type=["vector"]),
             None,
             None,
             "Pass field_type=.* to OrbitCoherenceMonitor",
         ),
         (
-            lambda: Monitor(probe_size=4, target_field_type=["scalar", "scalar"]),
+            lambda: Monitor(
+                max_overhead=None, probe_size=4, target_field_type=["scalar", "scalar"]
+            ),
             None,
             None,
             "target_field_type",
         ),
         (
-            lambda: Monitor(probe_size=4, eval_mode=False),
+            lambda: Monitor(max_overhead=None, probe_size=4, eval_mode=False),
             BatchNormModule,
             None,
             "call model.eval\\(\\)",
         ),
         (
-            lambda: Monitor(probe_size=4),
+            lambda: Monitor(max_overhead=None, probe_size=4),
             lambda: BatchNormModule(track=False),
             None,
             "GroupNorm/LayerNorm",
         ),
         (
-            lambda: Monitor(probe_size=4),
+            lambda: Monitor(max_overhead=None, probe_size=4),
             lambda: TinyModule(nn.Conv2d(1, 2, 1)),
             None,
             "one-step map",
         ),
         (
-            lambda: Monitor(group="D4", field_type=["scalar"], probe_size=20),
+            lambda: Monitor(max_overhead=None, group="D4", field_type=["scalar"], probe_size=20),
             None,
             PlainData,
             "dataset has 12 samples",
@@ -120,12 +132,14 @@ def test_group_that_does_not_fit_the_grid_names_the_fix():
         t[..., :6] for t in data.val_pairs
     )  # non-square probes: no quarter turns
     with pytest.raises(ValueError, match="Pass a group=... that matches the grid"):
-        _fit(Monitor(probe_size=4), data=data)
+        _fit(Monitor(max_overhead=None, probe_size=4), data=data)
 
 
 def test_plain_datamodule_with_explicit_types_draws_probes_from_validation_data():
     recording = RecordingLogger()
-    monitor = Monitor(group="C4", field_type=["scalar"], probe_size=5, probe_seed=3)
+    monitor = Monitor(
+        max_overhead=None, group="C4", field_type=["scalar"], probe_size=5, probe_seed=3
+    )
     _fit(monitor, data=PlainData(), logger=recording)
     assert monitor.state_dict()["probe"]["source"] == "val_dataloader"
     assert len(monitor.state_dict()["probe"]["indices"]) == 5
@@ -146,7 +160,7 @@ def _broken_loss(prediction, target):
 )
 def test_failures_warn_log_nothing_and_training_goes_on(loss_fn, reason):
     recording = RecordingLogger()
-    monitor = Monitor(every_n_train_steps=2, probe_size=4, loss_fn=loss_fn)
+    monitor = Monitor(max_overhead=None, every_n_train_steps=2, probe_size=4, loss_fn=loss_fn)
     with pytest.warns(UserWarning, match=f"could not measure at step [24]: rank 0: .*{reason}"):
         fit = _fit(monitor, logger=recording)
     assert fit.global_step == 4  # training went on
@@ -156,7 +170,15 @@ def test_failures_warn_log_nothing_and_training_goes_on(loss_fn, reason):
 
 def test_on_error_raise_stops_training():
     with pytest.raises(MeasurementError, match="loss exploded"):
-        _fit(Monitor(every_n_train_steps=2, probe_size=4, loss_fn=_broken_loss, on_error="raise"))
+        _fit(
+            Monitor(
+                max_overhead=None,
+                every_n_train_steps=2,
+                probe_size=4,
+                loss_fn=_broken_loss,
+                on_error="raise",
+            )
+        )
 
 
 # ---------------------------------------------------------------- resume
@@ -165,8 +187,8 @@ def test_on_error_raise_stops_training():
 def test_resumed_run_logs_the_same_values_at_the_same_steps(tmp_path):
     def monitors():
         return [
-            Monitor(every_n_train_steps=3, probe_size=4),
-            Monitor(group="C4", every_n_epochs=1, probe_size=4),
+            Monitor(max_overhead=None, every_n_train_steps=3, probe_size=4),
+            Monitor(max_overhead=None, group="C4", every_n_epochs=1, probe_size=4),
         ]
 
     torch.manual_seed(0)

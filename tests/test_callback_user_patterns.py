@@ -57,7 +57,7 @@ def test_plain_fit_with_dataloaders_draws_probes_from_the_trainer_val_dataloader
     x_val, y_val = make_pairs(12, 2)
     recording = RecordingLogger()
     monitor = sc.OrbitCoherenceMonitor(
-        group="D4", field_type=["scalar"], every_n_train_steps=4, probe_size=6
+        max_overhead=None, group="D4", field_type=["scalar"], every_n_train_steps=4, probe_size=6
     )
     module = TinyModule()
     snapshot = {}
@@ -85,6 +85,7 @@ def test_dict_batches_with_extra_items_are_read_by_batch_items():
     }
     recording = RecordingLogger()
     monitor = sc.OrbitCoherenceMonitor(
+        max_overhead=None,
         group="D4",
         field_type=["scalar"],
         every_n_train_steps=4,
@@ -94,13 +95,16 @@ def test_dict_batches_with_extra_items_are_read_by_batch_items():
     trainer([monitor], logger=recording, max_epochs=1).fit(DictModule(), **loaders)
     assert sorted(recording.values("coherence/D4/orbit")) == [4]
 
-    wrong = sc.OrbitCoherenceMonitor(group="D4", field_type=["scalar"], probe_size=6)
+    wrong = sc.OrbitCoherenceMonitor(
+        max_overhead=None, group="D4", field_type=["scalar"], probe_size=6
+    )
     with pytest.raises(TypeError, match=r"pass batch_items=\(input key, target key\)"):
         trainer([wrong], max_epochs=1).fit(DictModule(), **loaders)
 
 
 def test_a_function_can_pick_input_and_target():
     monitor = sc.OrbitCoherenceMonitor(
+        max_overhead=None,
         group="C4",
         field_type=["scalar"],
         every_n_train_steps=4,
@@ -119,7 +123,7 @@ def test_a_function_can_pick_input_and_target():
 @pytest.mark.parametrize("bad", ["x", ("x",), 3])
 def test_batch_items_is_checked_at_construction(bad):
     with pytest.raises(TypeError, match="batch_items"):
-        sc.OrbitCoherenceMonitor(group="D4", batch_items=bad)
+        sc.OrbitCoherenceMonitor(max_overhead=None, group="D4", batch_items=bad)
 
 
 def test_a_model_whose_parameters_do_not_enter_the_forward_pass_logs_nothing_and_names_the_fix():
@@ -136,20 +140,20 @@ def test_a_model_whose_parameters_do_not_enter_the_forward_pass_logs_nothing_and
 
     options = dict(group="D4", field_type=["scalar"], every_n_train_steps=4, probe_size=6)
     with pytest.warns(UserWarning, match=r"does not depend on .*eval_mode=False"):
-        recording = fit(sc.OrbitCoherenceMonitor(**options))
+        recording = fit(sc.OrbitCoherenceMonitor(max_overhead=None, **options))
     assert not any(key.startswith("coherence/") for _, m in recording.records for key in m)
     with pytest.raises(MeasurementError, match="eval_mode=False"):
-        fit(sc.OrbitCoherenceMonitor(**options, on_error="raise"))
+        fit(sc.OrbitCoherenceMonitor(max_overhead=None, **options, on_error="raise"))
     with warnings.catch_warnings(record=True) as caught:  # the fix works: measured, no skip
         warnings.simplefilter("always")
-        recording = fit(sc.OrbitCoherenceMonitor(**options, eval_mode=False))
+        recording = fit(sc.OrbitCoherenceMonitor(max_overhead=None, **options, eval_mode=False))
     assert not [w for w in caught if "could not measure" in str(w.message)]
     assert sorted(recording.values("coherence/D4/orbit")) == [4]
 
 
 def test_a_model_vmap_cannot_batch_is_measured_through_the_loop_with_one_warning():
     monitor = sc.OrbitCoherenceMonitor(
-        group="D4", field_type=["scalar"], every_n_train_steps=4, probe_size=6
+        max_overhead=None, group="D4", field_type=["scalar"], every_n_train_steps=4, probe_size=6
     )
     recording = RecordingLogger()
     data = {

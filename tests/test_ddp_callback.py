@@ -36,10 +36,10 @@ SCRIPT = textwrap.dedent(
         return sc.smse(prediction, target)
 
     on_error = "raise" if mode == "raise_strict" else "warn"
-    monitors = [sc.OrbitCoherenceMonitor(every_n_train_steps=2, probe_size=6, loss_fn=loss_fn, on_error=on_error)]
+    monitors = [sc.OrbitCoherenceMonitor(max_overhead=None, every_n_train_steps=2, probe_size=6, loss_fn=loss_fn, on_error=on_error)]
     if mode == "ok":  # a metric that is not element-separable: every rank measures all elements
         subspace = sc.coherence.GaussNewton(solver="subspace")
-        monitors.append(sc.OrbitCoherenceMonitor(every_n_train_steps=2, probe_size=6, metric=subspace, prefix="subspace/"))
+        monitors.append(sc.OrbitCoherenceMonitor(max_overhead=None, every_n_train_steps=2, probe_size=6, metric=subspace, prefix="subspace/"))
     logger = RecordingLogger()
     fit = trainer(monitors, logger=logger, max_epochs=2, devices=2, strategy="ddp")
     module = TinyModule()

@@ -81,3 +81,13 @@ def all_ranks_agree(flag: bool, device: torch.device | str = "cpu") -> bool:
     vote = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
     dist.all_reduce(vote, op=dist.ReduceOp.MIN)
     return bool(vote.item())
+
+
+def all_ranks_max(value: int, device: torch.device | str = "cpu") -> int:
+    """The largest ``value`` over all ranks (an ``all_reduce`` of the maximum)."""
+    _, world_size = rank_and_world_size()
+    if world_size == 1:
+        return int(value)
+    vote = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    dist.all_reduce(vote, op=dist.ReduceOp.MAX)
+    return int(vote.item())

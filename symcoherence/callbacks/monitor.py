@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +41,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
 from symcoherence.callbacks import _tensorboard as tensorboard
+from symcoherence.callbacks._budget import OverheadBudget
+from symcoherence.callbacks._distributed import all_ranks_max
 from symcoherence.callbacks._firing import measure_collectively
 from symcoherence.callbacks._isolation import isolated
 from symcoherence.callbacks._probes import (
@@ -165,6 +168,11 @@ class OrbitCoherenceMonitor(Callback):
             drawn from a dataset (no ``probe_batch``): a pair of keys or indices, e.g.
             ``("x", "y")`` for dict samples or ``(0, 1)`` (default) for tuples with extra items,
             or a function ``sample -> (input, target)``.
+        max_overhead: the share of training time the monitor may take (default 5 %): after each
+            firing the next one waits at least ``ceil(firing seconds / (max_overhead × seconds
+            per training step))`` steps, on top of ``every_n_*`` (which stay minimum intervals).
+            The interval is logged as ``measurement/{G}/interval_steps`` and the measured share
+            as ``measurement/{G}/overhead``; ``None`` fires at every scheduled point.
 
     Probes come from the datamodule's ``probe_batch(n, split, seed)`` when it has one, else from
     the ``probe_split`` dataset of the datamodule's or module's dataloader hooks, else from the
@@ -200,6 +208,7 @@ class OrbitCoherenceMonitor(Callback):
         confidence: float = 0.9,
         resamples: int = 1000,
         batch_items: BatchItems = (0, 1),
+        max_overhead: float | None = 0.05,
     ):
         _check_schedule(
             every_n_train_steps,
@@ -236,6 +245,7 @@ class OrbitCoherenceMonitor(Callback):
         self.eval_mode = bool(eval_mode)
         check_batch_items(batch_items)
         self.batch_items = batch_items
+        self.budget = OverheadBudget(max_overhead)
         self._probe: tuple[torch.Tensor, torch.Tensor] | None = None
         self._probe_identity: dict[str, Any] | None = None
         self._restored_identity: dict[str, Any] | None = None
@@ -272,13 +282,18 @@ class OrbitCoherenceMonitor(Callback):
         return self._state_key[1]
 
     def state_dict(self) -> dict[str, Any]:
-        """Schedule position and probe identity."""
-        return {"last_step": self._last_step, "probe": self._probe_identity}
+        """Schedule position (with the overhead budget's next allowed step) and probe identity."""
+        return {
+            "last_step": self._last_step,
+            "probe": self._probe_identity,
+            "budget": self.budget.state_dict(),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the schedule; the probe set is checked against the stored identity when drawn."""
         self._last_step = int(state_dict["last_step"])
         self._restored_identity = state_dict.get("probe")
+        self.budget.load_state_dict(state_dict.get("budget", {}))
         if self._probe_identity is not None:
             self._check_restored_probe()
 
@@ -309,6 +324,8 @@ class OrbitCoherenceMonitor(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Draw the probe set and check it against field types, group and model (first chance)."""
         self._prepare(trainer, pl_module)
+        self.budget.agree = lambda interval: all_ranks_max(interval, device=pl_module.device)
+        self.budget.start(trainer.global_step)
 
     def _prepare(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._probe is not None:
@@ -351,7 +368,7 @@ class OrbitCoherenceMonitor(Callback):
         """Measure when the optimizer step just taken made ``global_step`` a multiple of n."""
         n, step = self.every_n_train_steps, trainer.global_step
         if n is not None and step > 0 and step % n == 0 and step != self._last_step:
-            self.measure(trainer, pl_module)
+            self._scheduled(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Measure at the end of every n-th epoch (unless this step was just measured)."""
@@ -361,7 +378,27 @@ class OrbitCoherenceMonitor(Callback):
             and (trainer.current_epoch + 1) % n == 0
             and trainer.global_step != self._last_step
         ):
-            self.measure(trainer, pl_module)
+            self._scheduled(trainer, pl_module)
+
+    def _scheduled(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """A scheduled firing: run it if the overhead budget allows, then space the next one."""
+        step = trainer.global_step
+        if not self.budget.allows(step):
+            return
+        start = self.budget.clock()
+        self.measure(trainer, pl_module)
+        interval = self.budget.record(step, self.budget.clock() - start)
+        if self.budget.max_overhead is None or self.group is None:
+            return
+        keys = self.keys
+        extra = {keys.measurement("interval_steps"): float(interval)}
+        if math.isfinite(self.budget.overhead):
+            extra[keys.measurement("overhead")] = self.budget.overhead
+        for key, value in extra.items():
+            pl_module.log(key, value, logger=False, sync_dist=False, batch_size=1)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(extra, step=step)
 
     def _write_hparams(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Declare the run's hparams session with the monitor's metrics, before Lightning's own.

@@ -42,6 +42,8 @@ HEALTH = (
     "solver_residual",
     "solver_iterations",
     "seconds",
+    "interval_steps",
+    "overhead",
 )
 
 

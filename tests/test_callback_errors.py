@@ -224,3 +224,12 @@ def test_resumed_run_logs_the_same_values_at_the_same_steps(tmp_path):
         expected = {s: v for s, v in whole.values(key).items() if s > 4}
         assert sorted(resumed.values(key)) == sorted(expected) and expected
         assert resumed.values(key) == pytest.approx(expected, rel=1e-6)
+
+
+def test_sharded_training_is_refused_at_setup_with_the_alternatives():
+    # Lightning runs FSDP only on CUDA devices, so the refusal is tested at the hook it lives in
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    stand_in = type("T", (), {"strategy": FSDPStrategy(), "datamodule": TinyData(), "loggers": []})
+    with pytest.raises(ValueError, match=r"sharded training \(FSDPStrategy\).*strategy='ddp'"):
+        Monitor(max_overhead=None).setup(stand_in(), TinyModule(), "fit")

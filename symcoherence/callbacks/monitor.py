@@ -178,9 +178,13 @@ class OrbitCoherenceMonitor(Callback):
     the ``probe_split`` dataset of the datamodule's or module's dataloader hooks, else from the
     dataloaders given to ``trainer.fit(model, train_dataloaders=..., val_dataloaders=...)``.
 
+    Sharded training (FSDP, DeepSpeed, model parallelism) is refused at ``setup``: per-sample
+    gradients need every parameter on one rank.
+
     Raises:
         ValueError, TypeError: for invalid arguments (at construction) and for a configuration that
-            does not match the data or the model (at ``setup`` / ``on_train_start``).
+            does not match the data, the model or the strategy (at ``setup`` /
+            ``on_train_start``).
     """
 
     def __init__(
@@ -300,6 +304,15 @@ class OrbitCoherenceMonitor(Callback):
     # ------------------------------------------------------------------ setup and checks
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Complete the measurement's group and field types from the datamodule's declarations."""
+        sharded = {"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"}
+        strategy = getattr(trainer, "strategy", None)
+        if sharded & {cls.__name__ for cls in type(strategy).__mro__}:
+            raise ValueError(
+                f"OrbitCoherenceMonitor does not measure sharded training "
+                f"({type(strategy).__name__}): each rank holds only a shard of the parameters, and "
+                "per-sample gradients need all of them. Train with DDP (strategy='ddp') while "
+                "monitoring, or measure saved checkpoints with `symcoherence analyze`"
+            )
         datamodule = trainer.datamodule
         self.spec = self.spec.complete(**declared_defaults(datamodule))
         if stage == "fit":

@@ -181,3 +181,27 @@ def test_adam_metric_is_the_geometry_of_an_actual_adam_step():
         )
         torch.testing.assert_close(result.matrix[1, :, m], -(bras @ delta) / 1e-3, **TOL["fp64"])
         torch.testing.assert_close(result.matrix[0, :, m], -(kets @ delta) / 1e-3, **TOL["fp64"])
+
+
+def test_the_decision_rule_flags_an_element_whose_whole_interval_is_below_the_threshold():
+    from symcoherence.coherence import DecisionRule
+
+    n = 12
+    h = synthetic(n, [5.0, 5.0, 5.0], 2.0, noise=0.3)  # a common mode: t_n(e) ≈ 2
+    h[1] -= 3.0  # "r": a step on the data raises the loss at r·x (negative off-diagonal mean)
+    h[2] += 3.0  # "s": positive transfer
+    result = OrbitInfluence(
+        h, torch.ones(3, n), torch.ones(n), ("e", "r", "s"), "G", bra_norm=torch.ones(3, n)
+    )
+    summary = result.summarize()
+    assert summary.suppressed == {"r": True, "s": False}
+    scalars = summary.scalars()
+    assert scalars["coherence/G/suppressed/r"] == 1.0 and scalars["coherence/G/suppressed/s"] == 0.0
+    assert "coherence/G/suppressed/e" not in scalars
+    assert "suppressed: r" in summary.verdict()
+    by_ratio = result.summarize(rule=DecisionRule("ratio", "baseline")).suppressed
+    assert set(by_ratio) == {"r", "s"}
+    with pytest.raises(ValueError, match="statistic='ratio'"):
+        DecisionRule("coupling", "baseline")
+    with pytest.raises(ValueError, match="unknown statistic"):
+        DecisionRule("median")

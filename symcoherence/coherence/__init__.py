@@ -25,6 +25,7 @@ Example:
     True
 """
 
+from symcoherence.coherence.decision import DecisionRule
 from symcoherence.coherence.equivariance import equivariance_error, rollout_equivariance_error
 from symcoherence.coherence.gauss_newton import GaussNewton
 from symcoherence.coherence.influence import orbit_influence
@@ -42,6 +43,7 @@ __all__ = [
     "METRIC_NAMES",
     "NORMALIZATIONS",
     "Adam",
+    "DecisionRule",
     "DiagonalMetric",
     "ElementSummary",
     "GaussNewton",

@@ -10,6 +10,7 @@ key                                                 value
 ``{p}coherence/{G}/ratio/{g}``                      ``ρ(g)`` (+ ``ratio_lo/{g}``, ``ratio_hi/{g}``)
 ``{p}coherence/{G}/coupling/{g}``                   median specific coupling (+ ``_lo``, ``_hi``)
 ``{p}coherence/{G}/transfer/{g}``                   distribution transfer ``τ(g)`` (+ ``_lo``, ``_hi``)
+``{p}coherence/{G}/suppressed/{g}``                1 when the decision rule flags ``g``
 ``{p}coherence/{G}/orbit``                          ``mean_{g≠e} ρ(g)``
 ``{p}basin/{G}/compatibility``                      ``min_{g≠e} ρ(g)``
 ``{p}baseline/{G}/{g}/offdiag_median``              ``ρ`` statistic on unrelated pairs of ``g``
@@ -87,6 +88,10 @@ class Keys:
     def transfer(self, element: str, bound: str = "") -> str:
         """``coherence/{G}/transfer[_lo|_hi]/{g}``."""
         return self._key("coherence", self._bounded("transfer", bound), element)
+
+    def suppressed(self, element: str) -> str:
+        """``coherence/{G}/suppressed/{g}``: 1 when the decision rule flags the element, else 0."""
+        return self._key("coherence", "suppressed", element)
 
     def orbit(self) -> str:
         """``coherence/{G}/orbit``."""

@@ -34,6 +34,7 @@ from functools import cached_property
 import torch
 from torch import nn
 
+from symcoherence.coherence.decision import DecisionRule
 from symcoherence.coherence.equivariance import equivariance_error, rollout_equivariance_error
 from symcoherence.coherence.influence import orbit_influence
 from symcoherence.coherence.per_sample import LossFn
@@ -55,6 +56,7 @@ class Measurement:
         confidence: level of the summary's bootstrap intervals.
         resamples: bootstrap resamples.
         seed: seed of the bootstrap and permutation test.
+        rule: when an element is reported as suppressed.
     """
 
     influence: OrbitInfluence
@@ -65,6 +67,7 @@ class Measurement:
     confidence: float = 0.9
     resamples: int = 1000
     seed: int = 0
+    rule: DecisionRule = dataclasses.field(default_factory=DecisionRule)
 
     @property
     def elements(self) -> tuple[str, ...]:
@@ -80,6 +83,7 @@ class Measurement:
             confidence=self.confidence,
             resamples=self.resamples,
             seed=self.seed,
+            rule=self.rule,
         )
         return dataclasses.replace(summary, health={**summary.health, "seconds": self.seconds})
 
@@ -199,6 +203,7 @@ def measure(
         confidence=spec.confidence,
         resamples=spec.resamples,
         seed=spec.seed,
+        rule=spec.rule,
     )
     if spec.equivariance:
         result.equivariance = equivariance_error(

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from symcoherence.coherence.decision import DecisionRule
 from symcoherence.coherence.normalization import check_normalization, normalize
 from symcoherence.coherence.statistics import quantiles, specific_coupling, unit_transfer
 from symcoherence.coherence.summary import Summary, summarize
@@ -161,6 +162,7 @@ class OrbitInfluence:
         confidence: float = 0.9,
         resamples: int = 1000,
         seed: int = 0,
+        rule: DecisionRule | None = None,
     ) -> Summary:
         """The structured :class:`~symcoherence.coherence.summary.Summary` of this result.
 
@@ -171,6 +173,7 @@ class OrbitInfluence:
             confidence: level of the bootstrap intervals.
             resamples: bootstrap resamples.
             seed: seed of the bootstrap draws.
+            rule: when an element is reported as suppressed (default: transfer interval < 0).
         """
         return summarize(
             self.normalized,
@@ -186,6 +189,7 @@ class OrbitInfluence:
             confidence=confidence,
             resamples=resamples,
             seed=seed,
+            rule=rule,
         )
 
     def summary(

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from symcoherence.coherence.decision import DecisionRule
 from symcoherence.coherence.gauss_newton import GaussNewton
 from symcoherence.coherence.metrics import Adam, Identity, Metric
 from symcoherence.coherence.normalization import check_normalization
@@ -103,6 +104,9 @@ class MeasurementSpec:
         confidence: level of the bootstrap intervals, in ``(0, 1)``.
         resamples: bootstrap resamples (at least 100).
         seed: seed of the bootstrap and of the permutation test.
+        rule: when an element is reported as suppressed (a
+            :class:`~symcoherence.coherence.decision.DecisionRule`; default: the distribution
+            transfer's interval lies below 0).
 
     Raises:
         ValueError, TypeError: for any invalid setting, with the fix in the message.
@@ -121,6 +125,7 @@ class MeasurementSpec:
     confidence: float = 0.9
     resamples: int = 1000
     seed: int = 0
+    rule: DecisionRule = DecisionRule()
 
     def __post_init__(self) -> None:
         def settle(name: str, value: Any) -> None:
@@ -162,6 +167,8 @@ class MeasurementSpec:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"seed must be an int, got {self.seed!r}")
         settle("equivariance", bool(self.equivariance))
+        if not isinstance(self.rule, DecisionRule):
+            raise TypeError(f"rule must be a DecisionRule, got {type(self.rule).__name__}")
 
     # ------------------------------------------------------------------ completion
     @property
@@ -234,6 +241,7 @@ class MeasurementSpec:
             "resamples": self.resamples,
             "seed": self.seed,
             "rollout_steps": self.rollout_steps,
+            "rule": self.rule.describe(),
         }
 
 

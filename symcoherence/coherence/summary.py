@@ -15,6 +15,9 @@ identity, per element ``g``:
 * **distribution transfer** ``τ(g) = median_n t_n(g) / median_n t_n(e)`` with its interval;
 * forward error ``E_n(g)``: median (with interval) and q3; the rollout error's median and q3.
 
+Each element ``g ≠ e`` is also flagged **suppressed** or not by a
+:class:`~symcoherence.coherence.decision.DecisionRule` on one statistic's interval.
+
 Across elements: **orbit coherence** ``mean_{g≠e} ρ(g)``, **basin compatibility**
 ``min_{g≠e} ρ(g)`` (both ``1`` when the identity is the only element) and the rank correlation
 of ``ρ(g)`` with ``|log E(g)|`` at q3 over ``g ≠ e`` with its permutation p-value (omitted when
@@ -35,13 +38,13 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
 
+from symcoherence.coherence.decision import DecisionRule
 from symcoherence.coherence.keys import Keys
 from symcoherence.coherence.statistics import (
     bootstrap_interval,
@@ -114,6 +117,16 @@ class Summary:
     rollout_steps: int = 0
     health: Mapping[str, float] = field(default_factory=dict)
     confidence: float = 0.9
+    rule: DecisionRule = field(default_factory=DecisionRule)
+
+    @property
+    def suppressed(self) -> dict[str, bool | None]:
+        """Per element ``g ≠ e``: flagged by :attr:`rule` (``None`` where undefined)."""
+        return {
+            row.element: self.rule.suppressed(row)
+            for row in self.elements
+            if row.element != self.identity
+        }
 
     def element(self, name: str) -> ElementSummary:
         """The summary of element ``name``."""
@@ -154,6 +167,8 @@ class Summary:
             if self.rollout_steps:
                 out[keys.rollout(self.rollout_steps, g, "median")] = row.rollout_median
                 out[keys.rollout(self.rollout_steps, g, "q3")] = row.rollout_q3
+        for element, flagged in self.suppressed.items():
+            out[keys.suppressed(element)] = None if flagged is None else float(flagged)
         out[keys.orbit()] = self.orbit
         out[keys.compatibility()] = self.compatibility
         out[keys.baseline()] = self.baseline
@@ -168,18 +183,18 @@ class Summary:
         }
 
     def verdict(self) -> str:
-        """One line: the worst element's ratio against its own random-pair baseline."""
+        """One line: the elements the decision rule flags, and the worst ratio against its baseline."""
         others = [row for row in self.elements if row.element != self.identity]
         if not others:
             return f"{self.group}: only the identity was measured"
+        flagged = [name for name, value in self.suppressed.items() if value]
         worst = min(others, key=lambda row: row.ratio if math.isfinite(row.ratio) else math.inf)
-        above = worst.ratio_lo > worst.baseline
-        relation = "above" if above else "not above"
+        relation = "above" if worst.ratio_lo > worst.baseline else "not above"
+        found = f"suppressed: {', '.join(flagged)}" if flagged else "no element suppressed"
         return (
-            f"{self.group}: lowest ratio ρ({worst.element}) = {worst.ratio:.3g} "
-            f"[{worst.ratio_lo:.3g}, {worst.ratio_hi:.3g}] is {relation} its random-pair "
-            f"baseline {worst.baseline:.3g}; specific coupling {worst.coupling:.3g}, "
-            f"distribution transfer {worst.transfer:.3g}"
+            f"{self.group}: {found} ({self.rule.describe()}); lowest ratio "
+            f"ρ({worst.element}) = {worst.ratio:.3g} [{worst.ratio_lo:.3g}, {worst.ratio_hi:.3g}] "
+            f"is {relation} its random-pair baseline {worst.baseline:.3g}"
         )
 
 
@@ -213,6 +228,7 @@ def summarize(
     confidence: float = 0.9,
     resamples: int = 1000,
     seed: int = 0,
+    rule: DecisionRule | None = None,
 ) -> Summary:
     """Build the :class:`Summary` (definitions in the module docstring).
 
@@ -230,6 +246,7 @@ def summarize(
         confidence: level of the bootstrap intervals.
         resamples: bootstrap resamples.
         seed: seed of the bootstrap draws.
+        rule: when an element is reported as suppressed (default :class:`DecisionRule`).
     """
     shape = tuple(normalized.shape[:2])
     for name, value in (("equivariance", equivariance), ("rollout", rollout)):
@@ -299,12 +316,8 @@ def summarize(
         rollout_steps=rollout_steps if rollout is not None else 0,
         health=dict(health or {}),
         confidence=confidence,
+        rule=rule or DecisionRule(),
     )
 
 
-def replace_health(summary: Summary, **entries: float) -> Summary:
-    """``summary`` with ``entries`` added to its health record."""
-    return dataclasses.replace(summary, health={**summary.health, **entries})
-
-
-__all__ = ["ElementSummary", "Summary", "replace_health", "summarize"]
+__all__ = ["ElementSummary", "Summary", "summarize"]

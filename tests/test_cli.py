@@ -230,3 +230,12 @@ def test_checkpoint_without_config_asks_for_one(tmp_path, capsys):
     torch.save({"state_dict": {}}, checkpoint)
     assert main(["analyze", str(checkpoint)]) == 2
     assert "--config" in _one_line_error(capsys)
+
+
+def test_a_monitor_that_does_not_fit_the_run_is_a_one_line_error(tmp_path, capsys):
+    config = yaml.safe_load(QUICKSTART.read_text())
+    config["trainer"]["callbacks"][0]["init_args"]["probe_size"] = 40
+    path = tmp_path / "many_probes.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["fit", *_tiny_overrides(tmp_path, path)]) == 2
+    assert "needs 40 distinct trajectories" in _one_line_error(capsys)

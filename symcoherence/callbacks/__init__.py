@@ -7,6 +7,10 @@ checks of data against model), ``_firing`` (one measurement and its data-paralle
 ``_tensorboard`` (what only TensorBoard shows).
 """
 
-from symcoherence.callbacks.monitor import MeasurementError, OrbitCoherenceMonitor
+from symcoherence.callbacks.monitor import (
+    ConfigurationError,
+    MeasurementError,
+    OrbitCoherenceMonitor,
+)
 
-__all__ = ["MeasurementError", "OrbitCoherenceMonitor"]
+__all__ = ["ConfigurationError", "MeasurementError", "OrbitCoherenceMonitor"]

@@ -31,9 +31,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -61,6 +62,15 @@ from symcoherence.groups import FieldType, Group
 
 class MeasurementError(RuntimeError):
     """A firing failed on at least one rank and ``on_error="raise"`` was requested."""
+
+
+class ConfigurationError(ValueError, TypeError):
+    """The monitor's settings do not fit the data, model or strategy of the run it was added to.
+
+    Raised at the first hook that sees the run (``setup``, ``on_train_start``), with the fix in the
+    message; a ``ValueError`` (and a ``TypeError``, for wrong kinds of data) so that callers can
+    catch either.
+    """
 
 
 def _check_schedule(
@@ -302,8 +312,22 @@ class OrbitCoherenceMonitor(Callback):
             self._check_restored_probe()
 
     # ------------------------------------------------------------------ setup and checks
+    @contextlib.contextmanager
+    def _configuring(self) -> Iterator[None]:
+        """Report a mismatch between the monitor and the run as a :class:`ConfigurationError`."""
+        try:
+            yield
+        except ConfigurationError:
+            raise
+        except (ValueError, TypeError) as error:
+            raise ConfigurationError(f"OrbitCoherenceMonitor: {error}") from error
+
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Complete the measurement's group and field types from the datamodule's declarations."""
+        with self._configuring():
+            self._setup(trainer, pl_module, stage)
+
+    def _setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         sharded = {"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"}
         strategy = getattr(trainer, "strategy", None)
         if sharded & {cls.__name__ for cls in type(strategy).__mro__}:
@@ -345,7 +369,7 @@ class OrbitCoherenceMonitor(Callback):
             return
         if not self.spec.is_complete:
             self.setup(trainer, pl_module, "fit")
-        with isolated(pl_module, trainer.optimizers, self.eval_mode):
+        with isolated(pl_module, trainer.optimizers, self.eval_mode), self._configuring():
             inputs, targets, identity = draw_probe(
                 trainer.datamodule,
                 pl_module,

@@ -119,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     import torch
 
+    from symcoherence.callbacks import ConfigurationError
     from symcoherence.cli.lightning import UsageError
 
     if threads:
@@ -128,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoTips())
     try:
         return _run(command, rest, from_shell)
-    except UsageError as error:
+    except (UsageError, ConfigurationError) as error:
         print(f"symcoherence {command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,5 @@
+"""``python -m symcoherence.cli``: the ``symcoherence`` command."""
+
+from symcoherence.cli import main
+
+raise SystemExit(main())

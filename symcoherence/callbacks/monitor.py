@@ -73,50 +73,6 @@ class ConfigurationError(ValueError, TypeError):
     """
 
 
-def _check_schedule(
-    every_n_train_steps,
-    every_n_epochs,
-    probe_size,
-    probe_split,
-    probe_seed,
-    on_error,
-    prefix,
-    loss_fn,
-) -> None:
-    for name, value in (
-        ("every_n_train_steps", every_n_train_steps),
-        ("every_n_epochs", every_n_epochs),
-    ):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
-            raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
-    if every_n_train_steps is None and every_n_epochs is None:
-        raise ValueError(
-            "the monitor would never measure: set every_n_train_steps=<n> and/or "
-            "every_n_epochs=<n> (or remove the callback)"
-        )
-    if isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 3:
-        raise ValueError(
-            f"probe_size must be an integer >= 3 (the normalization, the specific coupling and "
-            f"the random-pair baseline need several probes; 48 is the default), got {probe_size!r}"
-        )
-    if probe_split not in SPLITS:
-        raise ValueError(f"probe_split must be one of {list(SPLITS)}, got {probe_split!r}")
-    if isinstance(probe_seed, bool) or not isinstance(probe_seed, int):
-        raise TypeError(f"probe_seed must be an int, got {probe_seed!r}")
-    if on_error not in ("warn", "raise"):
-        raise ValueError(f"on_error must be 'warn' or 'raise', got {on_error!r}")
-    if not isinstance(prefix, str):
-        raise TypeError(
-            f"prefix must be a string such as '' or 'probe/', got {type(prefix).__name__}"
-        )
-    if loss_fn is not None and not callable(loss_fn):
-        raise TypeError(
-            f"loss_fn must be callable as loss_fn(pred, target) -> scalar, got {type(loss_fn).__name__}"
-        )
-
-
 class OrbitCoherenceMonitor(Callback):
     """Log orbit influence, its statistics with intervals, and forward equivariance errors.
 
@@ -224,16 +180,6 @@ class OrbitCoherenceMonitor(Callback):
         batch_items: BatchItems = (0, 1),
         max_overhead: float | None = 0.05,
     ):
-        _check_schedule(
-            every_n_train_steps,
-            every_n_epochs,
-            probe_size,
-            probe_split,
-            probe_seed,
-            on_error,
-            prefix,
-            loss_fn,
-        )
         self.spec = MeasurementSpec(
             group=None if group == "default" else group,
             field_type=field_type,
@@ -256,6 +202,7 @@ class OrbitCoherenceMonitor(Callback):
         self.on_error = on_error
         self.prefix = prefix
         self.loss_fn = loss_fn
+        self._check_schedule()
         self.eval_mode = bool(eval_mode)
         check_batch_items(batch_items)
         self.batch_items = batch_items
@@ -268,6 +215,44 @@ class OrbitCoherenceMonitor(Callback):
         self._layout_written = False
         self._element_runs: tensorboard.ElementRuns | None = None
         self._state_key: tuple[tuple[str, str] | None, str] = (None, "")
+
+    def _check_schedule(self) -> None:
+        """Raise ``ValueError``/``TypeError`` naming the fix for an invalid schedule setting."""
+        every_n_train_steps, every_n_epochs = self.every_n_train_steps, self.every_n_epochs
+        probe_size, probe_split, probe_seed = self.probe_size, self.probe_split, self.probe_seed
+        on_error, prefix, loss_fn = self.on_error, self.prefix, self.loss_fn
+        for name, value in (
+            ("every_n_train_steps", every_n_train_steps),
+            ("every_n_epochs", every_n_epochs),
+        ):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        if every_n_train_steps is None and every_n_epochs is None:
+            raise ValueError(
+                "the monitor would never measure: set every_n_train_steps=<n> and/or "
+                "every_n_epochs=<n> (or remove the callback)"
+            )
+        if isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 3:
+            raise ValueError(
+                f"probe_size must be an integer >= 3 (the normalization, the specific coupling and "
+                f"the random-pair baseline need several probes; 48 is the default), got {probe_size!r}"
+            )
+        if probe_split not in SPLITS:
+            raise ValueError(f"probe_split must be one of {list(SPLITS)}, got {probe_split!r}")
+        if isinstance(probe_seed, bool) or not isinstance(probe_seed, int):
+            raise TypeError(f"probe_seed must be an int, got {probe_seed!r}")
+        if on_error not in ("warn", "raise"):
+            raise ValueError(f"on_error must be 'warn' or 'raise', got {on_error!r}")
+        if not isinstance(prefix, str):
+            raise TypeError(
+                f"prefix must be a string such as '' or 'probe/', got {type(prefix).__name__}"
+            )
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(
+                f"loss_fn must be callable as loss_fn(pred, target) -> scalar, got {type(loss_fn).__name__}"
+            )
 
     # ------------------------------------------------------------------ identity and state
     @property

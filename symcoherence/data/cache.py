@@ -290,77 +290,45 @@ def ensure_cache(
     temporary = path.with_name(path.name + ".tmp")
     chunk_size = min(chunk_size, shape[0])
     try:
-        _fill(
-            temporary,
-            generate,
-            shape,
-            times,
-            config,
-            field_type,
-            diagnostic_group,
-            dtype,
-            chunk_size,
-            progress,
-            path.name,
-        )
+        with _open_temporary(temporary, config, shape, chunk_size, dtype) as file:
+            done = int(file.attrs["num_done"])
+            with tqdm(
+                total=shape[0], initial=done, desc=path.name, unit="traj", disable=not progress
+            ) as bar:
+                while done < shape[0]:
+                    count = min(chunk_size, shape[0] - done)
+                    chunk = generate(done, count)
+                    if isinstance(chunk, torch.Tensor):
+                        chunk = chunk.detach().cpu().numpy()
+                    chunk = np.asarray(chunk)
+                    if chunk.shape != (count, *shape[1:]):
+                        raise ValueError(
+                            f"generate({done}, {count}) returned shape {chunk.shape}; expected "
+                            f"{(count, *shape[1:])}"
+                        )
+                    if not np.isfinite(chunk).all():
+                        raise FloatingPointError(
+                            f"generate({done}, {count}) returned NaN or Inf values; nothing of this "
+                            "chunk was written. Reduce the time step or the amplitude"
+                        )
+                    file["trajectories"][done : done + count] = chunk
+                    done += count
+                    file.attrs["num_done"] = done
+                    file.flush()
+                    bar.update(count)
+            if "times" in file:
+                del file["times"]
+            file.create_dataset("times", data=times)
+            for name, value in config.items():
+                file.attrs[f"param.{name}"] = json.dumps(value, sort_keys=True)
+            file.attrs["field_type"] = json.dumps(field_type.to_list())
+            if diagnostic_group is not None:
+                file.attrs["diagnostic_group"] = json.dumps(diagnostic_group.spec())
+            file.attrs["symcoherence_version"] = symcoherence.__version__
+            file.attrs["sha256"] = _checksum(file)
+            file.attrs["complete"] = True
     except (FloatingPointError, ValueError):
-        temporary.unlink(missing_ok=True)  # a resumed run would fail the same way
+        temporary.unlink(missing_ok=True)  # a resumed run would fail the same way; Ctrl-C keeps it
         raise
     os.replace(temporary, path)
     return path
-
-
-def _fill(
-    temporary,
-    generate,
-    shape,
-    times,
-    config,
-    field_type,
-    diagnostic_group,
-    dtype,
-    chunk_size,
-    progress,
-    label,
-):
-    """Generate into the temporary file chunk by chunk and mark it complete (see ``ensure_cache``).
-
-    An interruption (Ctrl-C, a crash) leaves the temporary file for the next run to resume.
-    """
-    with _open_temporary(temporary, config, shape, chunk_size, dtype) as file:
-        done = int(file.attrs["num_done"])
-        with tqdm(
-            total=shape[0], initial=done, desc=label, unit="traj", disable=not progress
-        ) as bar:
-            while done < shape[0]:
-                count = min(chunk_size, shape[0] - done)
-                chunk = generate(done, count)
-                if isinstance(chunk, torch.Tensor):
-                    chunk = chunk.detach().cpu().numpy()
-                chunk = np.asarray(chunk)
-                if chunk.shape != (count, *shape[1:]):
-                    raise ValueError(
-                        f"generate({done}, {count}) returned shape {chunk.shape}; expected "
-                        f"{(count, *shape[1:])}"
-                    )
-                if not np.isfinite(chunk).all():
-                    raise FloatingPointError(
-                        f"generate({done}, {count}) returned NaN or Inf values; nothing of this "
-                        "chunk was written. Reduce the time step or the amplitude"
-                    )
-                file["trajectories"][done : done + count] = chunk
-                done += count
-                file.attrs["num_done"] = done
-                file.flush()
-                bar.update(count)
-        if "times" in file:
-            del file["times"]
-        file.create_dataset("times", data=times)
-        for name, value in config.items():
-            file.attrs[f"param.{name}"] = json.dumps(value, sort_keys=True)
-        file.attrs["field_type"] = json.dumps(field_type.to_list())
-        if diagnostic_group is not None:
-            file.attrs["diagnostic_group"] = json.dumps(diagnostic_group.spec())
-        file.attrs["symcoherence_version"] = symcoherence.__version__
-        file.attrs["sha256"] = _checksum(file)
-        file.attrs["complete"] = True

@@ -2,7 +2,8 @@ r"""Figures of a measurement, shared by the TensorBoard logging and ``symcoheren
 
 * :func:`summary_figure`: per element, the coherence ratio ``ρ(g)`` with its bootstrap interval
   and the element's random-pair baseline, the specific coupling and the distribution transfer with
-  theirs, and the forward equivariance error ``E(g)`` (median with interval, q3 marked).
+  theirs, and the forward equivariance error ``E(g)`` (median with interval, q3 marked), on a
+  2 × 2 grid that stays legible at TensorBoard's card width.
 * :func:`heatmap_figure`: the per-probe diagonal influence ``I_n(g)`` as an elements × probes
   image with labelled axes and a colour bar centred on 0.
 
@@ -16,7 +17,7 @@ Example:
     >>> result = OrbitInfluence(h, torch.ones(2, 4), torch.ones(4), ("e", "r"), "C2")
     >>> figure = summary_figure(result.summarize(), "C2, identity metric, N = 4")
     >>> len(figure.axes)
-    3
+    4
 """
 
 from __future__ import annotations
@@ -64,7 +65,11 @@ def _interval_panel(
 
 
 def summary_figure(summary: Summary, title: str) -> Any:
-    """Per-element statistics with their intervals (see the module docstring).
+    """Per-element statistics with their intervals, on a 2 × 2 grid (see the module docstring).
+
+    Panels: coherence ratio ``ρ(g)`` with the element's random-pair baseline (×), specific
+    coupling, distribution transfer, and the forward equivariance error (median with interval, q3
+    as a bar; left empty when not measured). Elements the decision rule flags are named in red.
 
     Args:
         summary: the measurement's summary.
@@ -75,33 +80,29 @@ def summary_figure(summary: Summary, title: str) -> Any:
     """
     rows = list(summary)
     names = [row.element for row in rows]
-    has_error = any(math.isfinite(row.equivariance_median) for row in rows)
-    figure = _figure(4.2 * (3 if has_error else 2), 3.6)
-    axes = figure.subplots(1, 3 if has_error else 2)
-    level = f"{round(100 * summary.confidence)} % interval"
-    _interval_panel(
-        axes[0],
-        names,
-        [r.ratio for r in rows],
-        [r.ratio_lo for r in rows],
-        [r.ratio_hi for r in rows],
-        "coherence ratio ρ(g)",
-        reference=1.0,
+    figure = _figure(9.0, 6.4)
+    (ratio_ax, coupling_ax), (transfer_ax, error_ax) = figure.subplots(2, 2, sharex=True)
+    panels = (
+        (ratio_ax, "ratio", "coherence ratio ρ(g)", 1.0),
+        (coupling_ax, "coupling", "specific coupling z(g)", 0.0),
+        (transfer_ax, "transfer", "distribution transfer τ(g)", 1.0),
     )
-    axes[0].plot(range(len(rows)), [r.baseline for r in rows], "x", color="C3", label="baseline")
-    axes[0].legend(fontsize=8, loc="best", title=level, title_fontsize=8)
-    _interval_panel(
-        axes[1],
-        names,
-        [r.coupling for r in rows],
-        [r.coupling_lo for r in rows],
-        [r.coupling_hi for r in rows],
-        "specific coupling z(g)",
-        reference=0.0,
-    )
-    if has_error:
+    for ax, statistic, label, reference in panels:
         _interval_panel(
-            axes[2],
+            ax,
+            names,
+            [getattr(r, statistic) for r in rows],
+            [getattr(r, f"{statistic}_lo") for r in rows],
+            [getattr(r, f"{statistic}_hi") for r in rows],
+            label,
+            reference=reference,
+        )
+    ratio_ax.plot(range(len(rows)), [r.baseline for r in rows], "x", color="C3", label="baseline")
+    level = f"{round(100 * summary.confidence)} % interval"
+    ratio_ax.legend(fontsize=8, loc="best", title=level, title_fontsize=8)
+    if any(math.isfinite(row.equivariance_median) for row in rows):
+        _interval_panel(
+            error_ax,
             names,
             [r.equivariance_median for r in rows],
             [r.equivariance_lo for r in rows],
@@ -109,10 +110,17 @@ def summary_figure(summary: Summary, title: str) -> Any:
             "equivariance error E(g)",
             reference=1.0,
         )
-        axes[2].plot(range(len(rows)), [r.equivariance_q3 for r in rows], "_", ms=12, color="C1")
+        error_ax.plot(range(len(rows)), [r.equivariance_q3 for r in rows], "_", ms=14, color="C1")
         if all(r.equivariance_median > 0 for r in rows):
-            axes[2].set_yscale("log")
-    figure.suptitle(title, fontsize=10)
+            error_ax.set_yscale("log")
+    else:
+        error_ax.set_axis_off()
+    flagged = {name for name, value in summary.suppressed.items() if value}
+    for ax in (transfer_ax, error_ax):
+        for label in ax.get_xticklabels():
+            if label.get_text() in flagged:
+                label.set_color("C3")
+    figure.suptitle(title, fontsize=10, wrap=True)
     return figure
 
 

@@ -22,10 +22,11 @@ def test_summary_figure_labels_every_panel_and_draws_the_intervals():
     assert [ax.get_ylabel() for ax in axes] == [
         "coherence ratio ρ(g)",
         "specific coupling z(g)",
+        "distribution transfer τ(g)",
         "equivariance error E(g)",
     ]
     assert figure._suptitle.get_text() == "G, identity metric, N = 6"
-    assert [t.get_text() for t in axes[0].get_xticklabels()] == ["e", "r", "s"]
+    assert [t.get_text() for t in axes[2].get_xticklabels()] == ["e", "r", "s"]
     bars = [c for c in axes[0].containers if type(c).__name__ == "ErrorbarContainer"]
     assert bars and bars[0].has_yerr
 

@@ -42,7 +42,7 @@ def train(logdir: Path) -> None:
         str(ROOT / "configs" / "quickstart.yaml"),
         f"{source}.n=16",
         f"{source}.num_trajectories=64",
-        f"{source}.num_frames=6",
+        f"{source}.num_frames=12",
         f"--data.init_args.cache_dir={logdir / 'cache'}",
         "--data.init_args.progress=false",
         "--trainer.max_epochs=4",

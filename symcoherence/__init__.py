@@ -16,9 +16,13 @@ Example:
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from typing import Any
 
-__version__ = "0.1.0"
+try:  # written once, in pyproject.toml; an install records it in the package metadata
+    __version__ = importlib.metadata.version("symcoherence")
+except importlib.metadata.PackageNotFoundError:  # a source tree on sys.path, never installed
+    __version__ = "0+unknown"
 
 _SUBMODULES = ("groups", "coherence", "data", "models", "testing", "callbacks", "cli")
 _LAZY_NAMES = {

@@ -188,7 +188,9 @@ def test_group_names_are_case_insensitive(tmp_path):
     config["trainer"]["callbacks"][0]["init_args"]["group"] = "d4"
     path = tmp_path / "lower.yaml"
     path.write_text(yaml.safe_dump(config))
-    assert main(["fit", *_tiny_overrides(tmp_path, path), "--trainer.fast_dev_run=true"]) == 0
+    fast = ["--trainer.fast_dev_run=true", f"--trainer.default_root_dir={tmp_path}"]
+    assert main(["fit", *_tiny_overrides(tmp_path, path), *fast]) == 0
+    assert not Path("config.yaml").exists()  # fast_dev_run saves the config in the root dir
 
 
 def test_ctrl_c_during_generate_is_one_line_and_the_data_resume(tmp_path, capsys, monkeypatch):

@@ -36,6 +36,8 @@ def test_generate_writes_the_cache_file_of_the_configured_source(tmp_path, capsy
 def test_generate_rejects_an_unknown_source_option(tmp_path, capsys):
     config = tmp_path / "run.yaml"
     config.write_text(CONFIG)
-    with pytest.raises(SystemExit):
-        main(["generate", "--config", str(config), "--data.init_args.source.init_args.viscosty=1"])
-    assert "viscosty" in capsys.readouterr().err
+    argv = ["generate", "--config", str(config), "--data.init_args.source.init_args.viscosty=1"]
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert "viscosty" in error and "did you mean 'viscosity'?" in error
+    assert len(error.splitlines()) == 1

@@ -154,7 +154,8 @@ def test_a_failure_on_one_rank_makes_every_rank_skip_without_a_hang(tmp_path):
     assert {r["global_step"] for r in results.values()} == {4}  # both ranks trained to the end
     warnings = results[0]["warnings"]
     assert any("step 2: rank 1: RuntimeError: rank 1 broke" in w for w in warnings), warnings
-    assert any("step 4: rank 1: non-finite" in w for w in warnings), warnings
+    # a NaN loss on rank 1 gives non-finite gradients, which the engine refuses there
+    assert any("step 4: rank 1: ValueError" in w and "non-finite" in w for w in warnings), warnings
     assert not [k for _, m in results[0]["records"] for k in m if "D4" in k]
 
 

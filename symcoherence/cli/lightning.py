@@ -146,6 +146,8 @@ def lightning_cli(args: Sequence[str] | dict[str, Any] | None, run: bool = True)
                 raise UsageError(explain(str(error), parser)) from None
 
         def before_instantiate_classes(self) -> None:
+            if not run:  # building the classes (tests, analyze) needs no device
+                return
             config = self.config[self.subcommand] if self.subcommand else self.config
             wanted = _cuda_wanted(config)
             if wanted and not torch.cuda.is_available():

@@ -24,7 +24,8 @@ File layout: dataset ``trajectories`` ``(N, T, C, H, W)`` and ``times`` ``(T,)``
 ``config`` (canonical JSON) and one attribute ``param.{name}`` per top-level config entry,
 ``field_type`` (JSON of :meth:`FieldType.to_list`), ``diagnostic_group`` (JSON of
 :meth:`Group.spec` of the group diagnostics measure by default, when there is one; the full symmetry
-group of a flow can have ``8 n²`` elements and is not stored), ``symcoherence_version``,
+group of a flow can have ``8 n²`` elements and is not stored), ``symcoherence_version`` (provenance
+only: a new release reads the caches of an old one),
 ``num_done`` (trajectories written so far), ``complete`` and ``sha256`` (of
 the trajectory and time bytes). Guarantees:
 
@@ -32,7 +33,8 @@ the trajectory and time bytes). Guarantees:
   file at ``path`` is never partial.
 * **Resumable**: chunks of ``chunk_size`` trajectories are flushed with ``num_done``; a restarted
   generation continues a temporary file with the same config and loses at most one chunk.
-* **Validated**: on load the completeness flag, config, shape, package version and checksum are
+* **Validated**: on load the completeness flag, config (which holds the cache format version, so
+  a layout change is another key), shape and checksum are
   compared; a mismatch regenerates (``on_mismatch="regenerate"``, logged) or raises ``ValueError``
   (``on_mismatch="raise"``) and is never silently used.
 * **Finite**: a chunk containing NaN or Inf raises ``FloatingPointError`` before it is written.
@@ -145,11 +147,6 @@ def _mismatch(
         return f"its config {attrs['config']} differs from the requested {_canonical(config)}"
     if shape is not None and tuple(file["trajectories"].shape) != tuple(shape):
         return f"its shape {tuple(file['trajectories'].shape)} differs from {tuple(shape)}"
-    if attrs.get("symcoherence_version") != symcoherence.__version__:
-        return (
-            f"it was written by symcoherence {attrs.get('symcoherence_version')}, "
-            f"this is {symcoherence.__version__}"
-        )
     if attrs.get("sha256") != _checksum(file):
         return "its sha256 checksum does not match its contents (corrupted)"
     return None

@@ -183,14 +183,17 @@ def test_user_mistakes_are_one_line_errors_with_the_fix(tmp_path, capsys, argume
     assert not list(tmp_path.rglob("*.h5*"))  # refused before any data were generated
 
 
-def test_group_names_are_case_insensitive(tmp_path):
+def test_group_names_are_case_insensitive(tmp_path, monkeypatch):
     config = yaml.safe_load(QUICKSTART.read_text())
     config["trainer"]["callbacks"][0]["init_args"]["group"] = "d4"
     path = tmp_path / "lower.yaml"
     path.write_text(yaml.safe_dump(config))
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     fast = ["--trainer.fast_dev_run=true", f"--trainer.default_root_dir={tmp_path}"]
     assert main(["fit", *_tiny_overrides(tmp_path, path), *fast]) == 0
-    assert not Path("config.yaml").exists()  # fast_dev_run saves the config in the root dir
+    assert list(elsewhere.iterdir()) == []  # fast_dev_run saves its config in the root dir
 
 
 def test_ctrl_c_during_generate_is_one_line_and_the_data_resume(tmp_path, capsys, monkeypatch):

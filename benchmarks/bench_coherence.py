@@ -5,18 +5,23 @@ For the small U-Net and FNO presets of ``symcoherence.models`` on 64² fields, D
 * engine time (``orbit_influence``, identity metric, ``K·N`` per-sample gradients) ÷ one batched
   forward+backward over the same ``K·N`` transformed samples (target ≤ 1.5) and ÷ a naive
   per-sample loop of ``torch.autograd.grad`` reduced the same way (target ≤ 1.0);
-* peak extra memory of the engine ÷ ``K·N·P·4`` bytes (target ≤ 0.25);
-* Gauss–Newton (``subspace``, ``cg``) time ÷ identity time, and the ``cg`` residual reached.
+* peak extra memory of the engine ÷ ``K·N·P·4`` bytes with ``chunk_size="auto"`` (target ≤ 0.25),
+  beside that of fixed chunk sizes 1, 2, 4, 8 and their times: auto's time ÷ the best fixed
+  chunk's (target ≤ 1.2);
+* Gauss–Newton time ÷ identity time: the reference ``GaussNewton()`` (Nyström-preconditioned cg,
+  with its iterations and residual) and ``subspace`` (``benchmarks/bench_gauss_newton.py`` has
+  the solver comparison: plain cg, and subspace's error against the reference).
 
 Memory method: torch's CPU allocator keeps no peak statistic and ``tracemalloc`` does not see its
 allocations, so every memory measurement runs in a fresh subprocess and reports the growth of the
-process's peak resident set from just before the measured call (after model, data and a
-one-sample warm-up are in place; the peak ``VmHWM`` is reset there through
+process's peak resident set from just before the measured call (after model, data and a warm-up
+engine call on two samples and two elements are in place: it loads the one-time machinery of
+``torch.func``, which later firings do not pay again; the peak ``VmHWM`` is reset there through
 ``/proc/self/clear_refs``) to its peak during the call (``VmHWM`` in ``/proc/self/status``; not
 ``ru_maxrss``, which Linux carries over from the parent across ``exec``). This counts everything
 the call touched at its peak, including allocator slack. Linux only.
 
-Usage: ``python benchmarks/bench_coherence.py [--threads T] [--repeats R] [--cg-iters I]``.
+Usage: ``python benchmarks/bench_coherence.py [--threads T] [--repeats R]``.
 """
 
 from __future__ import annotations
@@ -49,8 +54,10 @@ def num_params(model) -> int:
     return sum(p.numel() * (2 if p.is_complex() else 1) for p in model.parameters())
 
 
-def engine(model, x, y, metric="identity"):
-    return sc.orbit_influence(model, sc.smse, x, y, GROUP, KIND, metric=metric)
+def engine(model, x, y, metric="identity", chunk_size="auto"):
+    return sc.orbit_influence(
+        model, sc.smse, x, y, GROUP, KIND, metric=metric, chunk_size=chunk_size
+    )
 
 
 def batched_step(model, x, y):
@@ -98,17 +105,48 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}; this memory method needs Linux")
 
 
+def chunk_arg(text: str):
+    return text if text == "auto" else int(text)
+
+
 def peak_rss_child(name: str, what: str, threads: int) -> None:
-    """Runs in a subprocess: print the growth of peak RSS over one measured call, in bytes."""
+    """Runs in a subprocess: print the growth of peak RSS over one measured call, in bytes.
+
+    ``what`` is ``batched`` or ``engine:CHUNK`` (``CHUNK``: ``auto`` or a chunk size).
+    """
     torch.set_num_threads(threads)
     model, x, y = build(name)
-    naive_grad = torch.autograd.grad(sc.smse(model(x[:1])[0], y[0]), list(model.parameters()))
-    del naive_grad
+    kind, _, chunk = what.partition(":")
+    sc.orbit_influence(model, sc.smse, x[:2], y[:2], GROUP, KIND, elements=GROUP.elements[:2])
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")  # reset the peak (VmHWM) to the current resident set
     before = _status_kib("VmRSS")
-    {"engine": lambda: engine(model, x, y), "batched": lambda: batched_step(model, x, y)}[what]()
+    if kind == "engine":
+        engine(model, x, y, chunk_size=chunk_arg(chunk))
+    else:
+        batched_step(model, x, y)
     print(json.dumps({"extra_bytes": (_status_kib("VmHWM") - before) * 1024}))
+
+
+def chunk_sweep(name: str, model, x, y, dense_bytes: int, args: argparse.Namespace) -> None:
+    """Memory and time of ``chunk_size="auto"`` beside fixed chunk sizes (interleaved repeats)."""
+    chunks = ["auto", 1, 2, 4, 8]
+    seconds = dict.fromkeys(chunks, float("inf"))
+    for _ in range(args.repeats):
+        for chunk in chunks:
+            start = time.perf_counter()
+            engine(model, x, y, chunk_size=chunk)
+            seconds[chunk] = min(seconds[chunk], time.perf_counter() - start)
+    best = min(seconds[chunk] for chunk in chunks[1:])
+    print("  chunk   peak extra ÷ K·N·P·4      time   ÷ best fixed")
+    for chunk in chunks:
+        extra = peak_rss(name, f"engine:{chunk}", args.threads)
+        print(
+            f"  {chunk!s:>5}   {extra / dense_bytes:8.3f} ({extra / 2**20:5.0f} MiB)  "
+            f"{seconds[chunk]:6.2f} s   {seconds[chunk] / best:6.2f}",
+            flush=True,
+        )
+    print("  (targets for auto: memory ≤ 0.25, time ÷ best fixed ≤ 1.2)", flush=True)
 
 
 def peak_rss(name: str, what: str, threads: int) -> int:
@@ -137,11 +175,8 @@ def report(name: str, args: argparse.Namespace) -> None:
         f"  ÷ naive per-sample loop     {t_engine / t_loop:8.2f}   (target ≤ 1.0; {t_loop:.2f} s)",
         flush=True,
     )
-    extra = peak_rss(name, "engine", args.threads)
+    chunk_sweep(name, model, x, y, dense_bytes, args)
     extra_batched = peak_rss(name, "batched", args.threads)
-    print(
-        f"  peak extra memory ÷ K·N·P·4 {extra / dense_bytes:8.3f}   (target ≤ 0.25; {extra / 2**20:.0f} MiB)"
-    )
     print(f"    (batched fwd+bwd over K·N, for scale: {extra_batched / 2**20:.0f} MiB)", flush=True)
     subspace = GaussNewton(solver="subspace")
     start = time.perf_counter()
@@ -152,14 +187,14 @@ def report(name: str, args: argparse.Namespace) -> None:
         f"rank {sub_result.info['subspace_rank']} of {sub_result.info['subspace_columns']})",
         flush=True,
     )
-    cg = GaussNewton(solver="cg", max_iter=args.cg_iters)
     start = time.perf_counter()
-    cg_result = engine(model, x, y, cg)
-    t_cg = time.perf_counter() - start
+    reference = engine(model, x, y, GaussNewton())
+    t_reference = time.perf_counter() - start
     print(
-        f"  Gauss–Newton cg ÷ id        {t_cg / t_engine:8.2f}   ({t_cg:.2f} s, "
-        f"{cg_result.info['cg_iterations']} iterations, relative residual "
-        f"{cg_result.info['cg_relative_residual']:.2e}, tol {cg.tol:g})",
+        f"  Gauss–Newton reference ÷ id {t_reference / t_engine:8.2f}   ({t_reference:.2f} s, "
+        f"{reference.info['solver_iterations']} iterations, relative residual "
+        f"{reference.info['solver_residual']:.2e}, Nyström rank "
+        f"{reference.info['preconditioner_rank']})",
         flush=True,
     )
 
@@ -168,7 +203,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--cg-iters", type=int, default=10)
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "WHAT"))
     args = parser.parse_args()
     if args.child:

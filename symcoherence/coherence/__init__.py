@@ -6,7 +6,8 @@ Pure torch; Lightning never enters this package. The pieces, in the order a meas
   the callback, ``symcoherence analyze`` and scripts share, returning a :class:`Measurement`;
 * :func:`per_sample_grads` — ``a_n = ∇θ loss(f_θ(x_n), y_n)`` with ``vmap(grad)``;
 * metrics ``M``: :class:`Identity`, :class:`Adam`, :class:`GaussNewton`;
-* :func:`orbit_influence` — ``H^g[n, m] = (b_n^g)ᵀ M⁻¹ a_m``, streamed over elements;
+* :func:`orbit_influence` — ``H^g[n, m] = (b_n^g)ᵀ M⁻¹ a_m``, streamed over elements, exactly
+  or on seeded random projections of the gradients (:class:`Projection`, for large models);
 * :class:`OrbitInfluence` — raw parts and normalizations; its :class:`Summary` holds the
   coherence ratio, specific coupling, distribution transfer, random-pair baselines and bootstrap
   intervals, under the key names of :class:`Keys`;
@@ -35,6 +36,7 @@ from symcoherence.coherence.measurement import Measurement, measure
 from symcoherence.coherence.metrics import Adam, DiagonalMetric, Identity, Metric
 from symcoherence.coherence.normalization import NORMALIZATIONS, normalize
 from symcoherence.coherence.per_sample import LossFn, per_sample_grads
+from symcoherence.coherence.projection import Projection
 from symcoherence.coherence.result import OrbitInfluence
 from symcoherence.coherence.spec import METRIC_NAMES, MeasurementSpec, resolve_metric
 from symcoherence.coherence.summary import ElementSummary, Summary
@@ -54,6 +56,7 @@ __all__ = [
     "MeasurementSpec",
     "Metric",
     "OrbitInfluence",
+    "Projection",
     "Summary",
     "equivariance_error",
     "measure",

@@ -36,7 +36,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from symcoherence.coherence.metrics import InfluenceProblem, Metric
+from symcoherence.coherence.metrics import Identity, InfluenceProblem, Metric
 from symcoherence.coherence.normalization import check_normalization
 from symcoherence.coherence.per_sample import (
     ChunkSize,
@@ -49,6 +49,7 @@ from symcoherence.coherence.per_sample import (
     check_pair,
     grad_mode,
 )
+from symcoherence.coherence.projection import ProjectedGradients, Projection
 from symcoherence.coherence.result import OrbitInfluence
 from symcoherence.coherence.spec import resolve_metric
 from symcoherence.groups import FieldType, Group
@@ -96,7 +97,7 @@ def check_fields(
     return target_field_type
 
 
-def module_columns(fmodel: FunctionalModel) -> dict[str, torch.Tensor]:
+def module_columns(fmodel: FunctionalModel | ProjectedGradients) -> dict[str, torch.Tensor]:
     """Flat-parameter columns of each module (``"(root)"`` for parameters of the model itself)."""
     grouped: dict[str, list[torch.Tensor]] = {}
     for name in fmodel.layout.names:
@@ -125,6 +126,7 @@ def orbit_influence(
     optimizer: torch.optim.Optimizer | None = None,
     breakdown: bool = False,
     randomness: Randomness = "error",
+    projection: Projection | None = None,
 ) -> OrbitInfluence:
     r"""Orbit influence ``H^g[n, m] = (b_n^g)ᵀ M⁻¹ a_m`` for every element ``g`` (see module docs).
 
@@ -149,6 +151,9 @@ def orbit_influence(
         breakdown: also return ``by_module`` raw matrices (diagonal metrics only) that sum to
             ``matrix``: which modules carry, and which break, the coupling along the orbit.
         randomness: dropout handling, as in ``per_sample_grads``.
+        projection: a :class:`~symcoherence.coherence.Projection` to measure on seeded random
+            projections of the gradients, ``H ≈ (S M^{-1/2} b)ᵀ (S M^{-1/2} a)`` (exact in
+            expectation, memory ``O(N·d + model)``; diagonal metrics only), or ``None`` (exact).
 
     Returns:
         :class:`~symcoherence.coherence.OrbitInfluence` with ``matrix`` ``(K, N, N)``.
@@ -156,7 +161,8 @@ def orbit_influence(
     Raises:
         ValueError: on shape / field-type mismatch, an empty or unknown element list, an unknown
             metric or normalization, ``N < 2`` with ``standard``, ``breakdown`` with a
-            non-diagonal metric, or a model in a mode that makes gradients ill-defined.
+            non-diagonal metric, or a model in a mode that makes gradients ill-defined; a
+            projection with a non-diagonal metric.
     """
     target_field_type = check_fields(inputs, targets, field_type, target_field_type)
     names = resolve_elements(group, elements)
@@ -170,8 +176,11 @@ def orbit_influence(
     check_modes(model, randomness)
     with grad_mode():
         fmodel = FunctionalModel(model, parameter_filter)
+        # projected gradients carry the metric's diagonal, so they meet under the identity
+        source = fmodel if projection is None else projection.bind(model, fmodel, metric)
+        reducer = metric if projection is None else Identity()
         inputs, targets = _plain(inputs), _plain(targets)
-        kets = fmodel.flat_grad_matrix(loss_fn, inputs, targets, chunk_size, randomness)
+        kets = source.flat_grad_matrix(loss_fn, inputs, targets, chunk_size, randomness)
         check_gradients(kets)
         bra_norm = kets.new_full((len(names), inputs.shape[0]), float("nan"))
 
@@ -181,7 +190,7 @@ def orbit_influence(
                     blocks = [(slice(0, inputs.shape[0]), kets)]
                 else:
                     moved = group.act_pair(element, inputs, targets, field_type, target_field_type)
-                    blocks = fmodel.flat_grads(loss_fn, *moved, chunk_size, randomness)
+                    blocks = source.flat_grads(loss_fn, *moved, chunk_size, randomness)
                 for samples, block in blocks:
                     bra_norm[index, samples] = block.norm(dim=-1)
                     yield index, samples, block
@@ -197,10 +206,12 @@ def orbit_influence(
             bra_blocks=bra_blocks,
             num_elements=len(names),
             need_bra_self=normalization == "cosine",
-            groups=module_columns(fmodel) if breakdown else None,
+            groups=module_columns(source) if breakdown else None,
             orbit_inputs=orbit_inputs,
         )
-        reduced = metric.reduce(problem)
+        reduced = reducer.reduce(problem)
+        if projection is not None:
+            reduced.info.update(projection_dim=source.layout.size, projection_seed=projection.seed)
     result = OrbitInfluence(
         matrix=reduced.matrix.detach(),
         bra_self=reduced.bra_self.detach(),

@@ -195,6 +195,7 @@ def measure(
         normalization=spec.normalization,
         chunk_size=spec.chunk_size,
         parameter_filter=spec.parameter_filter,
+        projection=spec.projection,
         **types,
     )
     result = Measurement(

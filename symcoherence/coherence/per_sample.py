@@ -2,9 +2,11 @@ r"""Per-sample loss gradients with ``torch.func``: ``a_n = ∇θ loss(f_θ(x_n),
 
 The model is called functionally (``functional_call``) on a detached copy of its parameters and
 buffers, and ``vmap(grad(·))`` batches the per-sample gradient over samples, in chunks whose size is
-picked so that the batched path is never slower than a Python loop on CPU and its memory stays
-bounded. Complex parameters (spectral layers) are flattened as pairs of real numbers, so the flat
-inner product is the real Euclidean one, ``⟨b, a⟩ = Σ Re(b̄ a)``.
+picked so that the batched path is never slower than a Python loop on CPU and its memory (the
+activations and gradients of the chunk's samples, measured on the first sample) stays within half
+of what the returned gradients take (see :func:`resolve_chunk_size`). Complex parameters (spectral
+layers) are flattened as pairs of real numbers, so the flat inner product is the real Euclidean
+one, ``⟨b, a⟩ = Σ Re(b̄ a)``.
 
 Models that ``vmap`` cannot batch (an in-place write of per-sample values into a tensor created in
 ``forward``, an operator without a batching rule, ``.item()`` or data-dependent control flow, a
@@ -41,14 +43,20 @@ ParameterFilter = Callable[[str, nn.Parameter], bool] | Iterable[str] | None
 ChunkSize = int | Literal["auto"] | None
 Randomness = Literal["error", "different", "same"]
 
-# Automatic chunks hold at most this many bytes of per-sample gradients (times a small factor for
-# the flat copy and the batched activations) ...
-_AUTO_CHUNK_BYTES = 32 * 2**20
-# ... and never more than this many samples on CPU, where very wide vmapped kernels lose to a loop.
+# An automatic chunk's working memory may take half the bytes of the call's N exact gradients,
+# clamped to these bounds per device type (below the floor memory is not worth a slower loop) ...
+_AUTO_CHUNK_FRACTION = 0.5
+_AUTO_CHUNK_BYTES = {"cpu": (16 * 2**20, 256 * 2**20), "other": (2**30, 4 * 2**30)}
+# ... where one sample of a vmapped chunk costs about this many times the activations its forward
+# saves for the backward (measured on the small U-Net and FNO presets: 2.2 and 1.6), plus its
+# gradient three times (the per-parameter gradients, their flat copy and one product with it).
+_AUTO_ACTIVATION_FACTOR = 2
+_AUTO_GRADIENT_COPIES = 3
+# At most this many samples per chunk on CPU, where very wide vmapped kernels lose to a loop, ...
 _AUTO_CHUNK_CPU_CAP = 8
 _AUTO_CHUNK_GPU_CAP = 256
-# On CPU, vmap over fewer samples than this loses to a plain loop (measured on the small U-Net and
-# FNO presets at 64²), so smaller automatic chunks fall back to the loop.
+# ... and on CPU, vmap over fewer samples than this loses to a plain loop (measured on the small
+# U-Net and FNO presets at 64²), so smaller automatic chunks fall back to the loop.
 _AUTO_CHUNK_CPU_MIN = 4
 
 # Fragments of the errors that torch.func's transforms raise for code that plain autograd runs:
@@ -125,6 +133,38 @@ class ParameterLayout:
         return out
 
 
+class SavedBytes:
+    """Context manager counting the bytes that autograd saves for the backward inside it.
+
+    Each distinct storage counts once; storages of ``exclude`` (parameters, buffers: not
+    per-sample memory) do not count. After the block, ``total`` holds the sum, the activation
+    memory ``A`` of one forward that :func:`resolve_chunk_size` budgets.
+
+    Args:
+        exclude: tensors whose storages are not counted.
+    """
+
+    def __init__(self, exclude: Iterable[torch.Tensor] = ()):
+        self._skip = {tensor.untyped_storage().data_ptr() for tensor in exclude}
+        self._sizes: dict[int, int] = {}
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda packed: packed)
+        self.total = 0
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in self._skip:
+            self._sizes[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    def __enter__(self) -> SavedBytes:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._hooks.__exit__(*exc_info)
+        self.total = sum(self._sizes.values())
+
+
 def select_parameters(
     model: nn.Module, parameter_filter: ParameterFilter
 ) -> dict[str, nn.Parameter]:
@@ -189,6 +229,8 @@ class FunctionalModel:
         model: the module; it is never modified.
         parameter_filter: ``None`` (all parameters with ``requires_grad``), a callable
             ``(name, parameter) -> bool``, or a list of parameter names.
+        budget_params: the parameter count whose ``N`` gradients set the memory budget of
+            automatic chunks (see :func:`resolve_chunk_size`); default: the selected ``P``.
 
     Attributes:
         params: the selected parameters, detached ``{name: tensor}``.
@@ -199,7 +241,13 @@ class FunctionalModel:
         dtype: their real dtype (``float32`` for ``complex64`` parameters).
     """
 
-    def __init__(self, model: nn.Module, parameter_filter: ParameterFilter = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        parameter_filter: ParameterFilter = None,
+        *,
+        budget_params: int | None = None,
+    ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
@@ -209,6 +257,7 @@ class FunctionalModel:
         self.constants = {n: _plain(p) for n, p in model.named_parameters() if n not in chosen}
         self.constants.update({n: _plain(b) for n, b in model.named_buffers()})
         self.layout = ParameterLayout(self.params)
+        self.budget_params = self.layout.size if budget_params is None else budget_params
         first = next(iter(self.params.values()))
         self.device = first.device
         self.dtype = first.real.dtype if first.is_complex() else first.dtype
@@ -242,19 +291,35 @@ class FunctionalModel:
     ) -> Iterator[tuple[slice, dict[str, torch.Tensor]]]:
         """Yield ``(samples, {name: (c, *shape)})`` per chunk of samples.
 
+        With ``chunk_size="auto"``, and on the first call, the first sample runs alone through
+        plain autograd: its forward measures the activation memory that sizes the automatic
+        chunks (:func:`resolve_chunk_size`), and the first call checks that the loss depends on
+        every selected parameter. The other samples follow in chunks.
+
         Raises:
             ValueError: if the loss on the first sample does not depend on some selected
                 parameters (checked on the first call only).
         """
+        num = inputs.shape[0]
+        start, activation_bytes = 0, None
+        if chunk_size == "auto" or not self._connected:
+            with SavedBytes(exclude=[*self.params.values(), *self.constants.values()]) as saved:
+                first = self._autograd_grad(loss_fn, inputs[0], targets[0])
+            activation_bytes, start = saved.total, 1
+            yield slice(0, 1), {name: g.unsqueeze(0) for name, g in first.items()}
         size = resolve_chunk_size(
-            chunk_size, inputs.shape[0], self.layout.size, self.dtype, self.device
+            chunk_size,
+            num,
+            self.layout.size,
+            self.dtype,
+            self.device,
+            activation_bytes=activation_bytes,
+            budget_params=self.budget_params,
         )
         loop = self._loop_only or (size == 1 and randomness == "error")
-        if not (loop or self._connected):
-            self._autograd_grad(loss_fn, inputs[0], targets[0])  # the check only
         batched = vmap(grad(self.sample_loss(loss_fn)), in_dims=(None, 0, 0), randomness=randomness)
-        for start in range(0, inputs.shape[0], size):
-            samples = slice(start, min(start + size, inputs.shape[0]))
+        for begin in range(start, num, size):
+            samples = slice(begin, min(begin + size, num))
             if not loop:
                 try:
                     block = batched(self.params, inputs[samples], targets[samples])
@@ -376,21 +441,69 @@ def resolve_chunk_size(
     num_params: int,
     dtype: torch.dtype,
     device: torch.device,
+    *,
+    activation_bytes: int | None = None,
+    budget_params: int | None = None,
 ) -> int:
-    """Samples per ``vmap`` call: an explicit positive int, ``None`` (all at once) or ``"auto"``.
+    r"""Samples per ``vmap`` call: an explicit positive int, ``None`` (all at once) or ``"auto"``.
 
-    ``"auto"`` keeps a chunk's per-sample gradients within 32 MiB and, on CPU, at most 8 samples
-    (measured: wider vmapped kernels run no faster there and only cost memory); where memory
-    allows fewer than 4 samples on CPU it returns 1. A chunk of 1 (without dropout randomness) runs
-    as a plain loop of ``torch.autograd.grad``, which beats ``vmap`` over so few samples.
+    ``"auto"`` sizes a chunk by memory. One sample of a vmapped chunk costs about
+
+    .. math:: s = 2 A + 3 P b
+
+    bytes, where ``A`` (``activation_bytes``) is what one sample's forward saves for the backward
+    (measured by the caller on the first sample; ``0`` when not given), ``P`` the number of
+    parameters and ``b`` the bytes per number: ``vmap``'s batched backward holds about twice the
+    activations of a plain one, and the gradient exists per parameter, flattened and in one
+    product. The chunk's working memory may take half of what ``N`` gradients of ``P_B``
+    (``budget_params``, default ``P``) parameters take,
+
+    .. math:: B = \mathrm{clamp}(N P_B b / 2,\ B_{min},\ B_{max}),
+
+    with ``[B_min, B_max]`` = [16 MiB, 256 MiB] on CPU and [1 GiB, 4 GiB] on other devices, so
+    that a chunk costs at most half of the ``N × P`` gradient matrix that an exact engine keeps
+    (which then peaks near 1.5× that matrix). The chunk is then ``⌊B / s⌋`` clamped to
+    ``[1, min(N, cap)]`` with ``cap`` = 8 on CPU (wider vmapped kernels run no faster there) and
+    256 elsewhere; on CPU a chunk below 4 becomes 1. A chunk of 1 (without dropout randomness)
+    runs as a plain loop of ``torch.autograd.grad``, which beats ``vmap`` over so few samples.
+
+    Args:
+        chunk_size: ``"auto"``, a positive int, or ``None``.
+        num_samples: ``N``, the samples of the call.
+        num_params: ``P``.
+        dtype: the gradients' real dtype (sets ``b``).
+        device: where they are computed.
+        activation_bytes: ``A``, for ``"auto"``.
+        budget_params: ``P_B``, for ``"auto"``: the model's parameter count where the gradients
+            are projected to fewer numbers than it has.
+
+    Returns:
+        The number of samples per chunk.
+
+    Raises:
+        ValueError: for anything but ``"auto"``, ``None`` or a positive int.
+
+    Example:
+        >>> cpu = torch.device("cpu")
+        >>> resolve_chunk_size("auto", 16, 280_000, torch.float32, cpu, activation_bytes=11 * 2**20)
+        1
+        >>> resolve_chunk_size("auto", 16, 1_000, torch.float32, cpu, activation_bytes=2**16)
+        8
     """
     if chunk_size is None:
         return max(num_samples, 1)
     if chunk_size == "auto":
         itemsize = torch.empty((), dtype=dtype).element_size()
-        by_memory = _AUTO_CHUNK_BYTES // max(3 * num_params * itemsize, 1)
         on_cpu = torch.device(device).type == "cpu"
-        size = int(max(1, min(by_memory, _AUTO_CHUNK_CPU_CAP if on_cpu else _AUTO_CHUNK_GPU_CAP)))
+        low, high = _AUTO_CHUNK_BYTES["cpu" if on_cpu else "other"]
+        reference = num_params if budget_params is None else budget_params
+        budget = min(max(_AUTO_CHUNK_FRACTION * num_samples * reference * itemsize, low), high)
+        per_sample = (
+            _AUTO_ACTIVATION_FACTOR * (activation_bytes or 0)
+            + _AUTO_GRADIENT_COPIES * num_params * itemsize
+        )
+        cap = _AUTO_CHUNK_CPU_CAP if on_cpu else _AUTO_CHUNK_GPU_CAP
+        size = int(max(1, min(budget // max(per_sample, 1), cap)))
         if on_cpu and size < _AUTO_CHUNK_CPU_MIN:
             return 1
         return min(size, max(num_samples, 1))

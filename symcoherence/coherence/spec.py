@@ -35,6 +35,7 @@ from symcoherence.coherence.gauss_newton import GaussNewton
 from symcoherence.coherence.metrics import Adam, Identity, Metric
 from symcoherence.coherence.normalization import check_normalization
 from symcoherence.coherence.per_sample import ChunkSize, ParameterFilter
+from symcoherence.coherence.projection import Projection, check_projectable
 from symcoherence.groups import FieldType, Group, resolve_group
 
 METRIC_NAMES = ("identity", "adam", "gauss_newton")  # the shorthands resolve_metric accepts
@@ -107,6 +108,9 @@ class MeasurementSpec:
         rule: when an element is reported as suppressed (a
             :class:`~symcoherence.coherence.decision.DecisionRule`; default: the distribution
             transfer's interval lies below 0).
+        projection: measure on seeded random projections of the gradients (a
+            :class:`~symcoherence.coherence.Projection`; for large models, diagonal metrics
+            only), or ``None`` for the exact engine.
 
     Raises:
         ValueError, TypeError: for any invalid setting, with the fix in the message.
@@ -126,6 +130,7 @@ class MeasurementSpec:
     resamples: int = 1000
     seed: int = 0
     rule: DecisionRule = DecisionRule()
+    projection: Projection | None = None
 
     def __post_init__(self) -> None:
         def settle(name: str, value: Any) -> None:
@@ -160,6 +165,13 @@ class MeasurementSpec:
             raise ValueError(
                 f"chunk_size must be 'auto', None or a positive integer, got {self.chunk_size!r}"
             )
+        if self.projection is not None:
+            if not isinstance(self.projection, Projection):
+                raise TypeError(
+                    "projection must be a symcoherence.coherence.Projection (e.g. "
+                    f"Projection(dim=65536, seed=0)) or None, got {self.projection!r}"
+                )
+            check_projectable(self.metric)
         _check_positive_int(self.rollout_steps, "rollout_steps", minimum=0)
         _check_positive_int(self.resamples, "resamples", minimum=100)
         if not 0 < self.confidence < 1:
@@ -242,6 +254,7 @@ class MeasurementSpec:
             "seed": self.seed,
             "rollout_steps": self.rollout_steps,
             "rule": self.rule.describe(),
+            "projection": None if self.projection is None else dataclasses.asdict(self.projection),
         }
 
 

@@ -2,10 +2,14 @@ r"""A slow, obviously correct orbit influence: Python loops of ``torch.autograd.
 
 Every per-sample gradient is one ``torch.autograd.grad`` call on the model as it is (no
 ``torch.func``); the metric is a dense ``P × P`` matrix: ``I``, ``diag(sqrt(v̂) + eps)`` from the
-optimizer state, or the Gauss–Newton ``χ = s JᵀJ + λI`` with ``J`` (``F × P``) assembled row by row
-and inverted with ``torch.linalg.inv``. For ``GaussNewton(solver="subspace")`` the reference is the
-dense Galerkin inverse ``Q (Qᵀ χ Q)⁻¹ Qᵀ`` on the span of the stacked gradients, which the fast
-solver must reproduce. Only for tiny models (``P`` up to a few thousand).
+optimizer state, or the Gauss–Newton ``χ = (1/K) Σ_k s J_kᵀJ_k + λI`` with each ``J_k`` (``F × P``)
+assembled row by row (one batch ``k`` for ``batch="probes"``, one per measured element for
+``batch="orbit"``) and inverted with ``torch.linalg.inv``. A relative damping uses the exact
+``tr(η)`` where the fast path uses a seeded estimate, so the two agree only up to that estimate's
+error; compare at an absolute ``damping=`` (or the fast result's ``info["damping"]``) for exact
+agreement. For ``GaussNewton(solver="subspace")`` the reference is the dense Galerkin inverse
+``Q (Qᵀ χ Q)⁻¹ Qᵀ`` on the span of the stacked gradients, which the fast solver must reproduce.
+Only for tiny models (``P`` up to a few thousand).
 
 Example:
     >>> import torch
@@ -70,14 +74,37 @@ def _adam_diagonal(optimizer: torch.optim.Optimizer, params: list[nn.Parameter])
     return _flat(pieces)
 
 
+def dense_gauss_newton(
+    model: nn.Module,
+    batches: Sequence[torch.Tensor],
+    params: list[nn.Parameter],
+    output_scale: float | None = None,
+) -> torch.Tensor:
+    r"""Dense ``η = (1/K) Σ_k s_k J_kᵀ J_k`` ``(P, P)`` over ``K`` input batches.
+
+    ``J_k`` is the Jacobian of batch ``k``'s outputs (:func:`reference_jacobian`) and ``s_k`` is
+    ``output_scale``, or ``1/F_k`` (``F_k`` scalar outputs of batch ``k``) when it is ``None``.
+    """
+    total = 0
+    for inputs in batches:
+        jac = reference_jacobian(model, inputs, params)
+        scale = output_scale if output_scale is not None else 1.0 / jac.shape[0]
+        total = total + scale * jac.T @ jac
+    return total / len(batches)
+
+
 def dense_inverse_metric(
     metric: Metric,
     model: nn.Module,
-    inputs: torch.Tensor,
+    batches: Sequence[torch.Tensor],
     params: list[nn.Parameter],
     gradients: torch.Tensor,
 ) -> torch.Tensor:
-    """Dense ``M⁻¹`` ``(P, P)`` (for the subspace solver: the Galerkin ``Q (QᵀχQ)⁻¹ Qᵀ``)."""
+    """Dense ``M⁻¹`` ``(P, P)`` (for the subspace solver: the Galerkin ``Q (QᵀχQ)⁻¹ Qᵀ``).
+
+    ``batches`` are the input batches of the Gauss–Newton ``η`` (see :func:`dense_gauss_newton`);
+    a relative damping ``α`` gives ``λ = α·tr(η)/P`` with the exact trace.
+    """
     size = gradients.shape[-1]
     eye = torch.eye(size, dtype=gradients.dtype)
     if isinstance(metric, Identity):
@@ -86,9 +113,11 @@ def dense_inverse_metric(
         return torch.diag(1.0 / _adam_diagonal(metric.optimizer, params).to(gradients.dtype))
     if not isinstance(metric, GaussNewton):
         raise TypeError(f"the reference knows Identity, Adam and GaussNewton, got {metric!r}")
-    jac = reference_jacobian(model, inputs, params)
-    scale = metric.output_scale if metric.output_scale is not None else 1.0 / jac.shape[0]
-    chi = scale * jac.T @ jac + metric.damping * eye
+    eta = dense_gauss_newton(model, batches, params, metric.output_scale)
+    damping = metric.damping
+    if metric.relative_damping is not None:
+        damping = metric.relative_damping * float(eta.trace()) / size
+    chi = eta + damping * eye
     if metric.solver == "cg":
         return torch.linalg.inv(chi)
     _, sigma, right = torch.linalg.svd(gradients, full_matrices=False)
@@ -133,7 +162,10 @@ def reference_orbit_influence(
         ]
     )
     everything = torch.cat([kets, bras.reshape(-1, kets.shape[-1])])
-    inverse = dense_inverse_metric(metric, model, inputs, params, everything)
+    batches = [inputs]
+    if isinstance(metric, GaussNewton) and metric.batch == "orbit":
+        batches = [group.act(name, inputs, field_type) for name in names]
+    inverse = dense_inverse_metric(metric, model, batches, params, everything)
     matrix = torch.einsum("knp,pq,mq->knm", bras, inverse, kets)
     bra_self = torch.einsum("knp,pq,knq->kn", bras, inverse, bras)
     ket_self = torch.einsum("mp,pq,mq->m", kets, inverse, kets)
@@ -151,6 +183,7 @@ def reference_orbit_influence(
 
 
 __all__ = [
+    "dense_gauss_newton",
     "dense_inverse_metric",
     "reference_grads",
     "reference_jacobian",

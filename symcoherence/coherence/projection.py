@@ -1,0 +1,470 @@
+r"""Seeded random projections of per-sample gradients: the orbit influence in ``d ≪ P`` numbers.
+
+A :class:`Projection` maps every per-sample gradient ``a ∈ R^P`` to ``S a ∈ R^d`` with one seeded
+random matrix ``S`` (the same for kets and bras), scaled so that inner products are preserved in
+expectation, ``E[(S b)ᵀ (S a)] = bᵀ a``, hence ``E[H_S] = H`` for
+
+.. math:: H_S^g[n, m] = (S M^{-1/2} b_n^g)^T (S M^{-1/2} a_m)
+
+with a diagonal metric ``M`` (``M = I`` for the identity metric). ``S`` is block diagonal over
+the parameter tensors, and each block gets about the same number of dimensions: a tensor with
+``p_l`` numbers gets ``d_l = min(p_l, λ)`` with ``λ`` the largest level such that
+``Σ_l d_l ≤ d``; tensors smaller than ``λ`` are kept exactly (their block is the identity), so
+``d ≥ P`` reproduces the exact engine. The blocks are
+
+* **Kronecker** (LoGra, Choe et al. 2024), for the weight of a ``Linear`` or ``Conv1d/2d/3d``
+  layer (``groups=1``) used only through that layer's forward: the weight's gradient reshaped to
+  ``G ∈ R^{n_out × m}`` (``m = n_in · kernel size``) is projected to
+  ``P_outᵀ G Qᵀ ∈ R^{k_out × k_in}`` with Gaussian factors ``P_out ∈ R^{n_out × k_out}``
+  (entries ``N(0, 1/k_out)``) and ``Q ∈ R^{k_in × m}`` (entries ``N(0, 1/k_in)``); a factor with
+  ``k`` equal to its full size is the identity. It is computed without ever forming ``G``: the
+  layer's output gets the extra term ``P_out Z (Q ⋆ x)`` with ``Z = 0`` (``Q ⋆ x``: the layer's
+  own convolution, or product, of its input with the ``k_in`` filters of ``Q``), whose gradient
+  with respect to ``Z`` is exactly ``P_outᵀ G Qᵀ``. The backward pass then never computes the
+  layer's weight gradient, only ``k_in`` projected input channels and ``k_out`` projected output
+  gradients (TRAK, Park et al. 2023, motivates the random features; LoGra the structure). With a
+  diagonal metric the term is ``(σ ⊙ P_out Z Q) ⋆ x`` with ``σ = diag(M)^{-1/2}`` instead.
+* **Count sketch** for every other tensor (biases, normalization scales, spectral weights,
+  complex parameters as real pairs): coordinate ``i`` of its flat (``σ``-scaled) gradient is
+  added with a random sign to one of ``d_l`` random buckets.
+
+Memory: the ``(N, d)`` projected kets, one chunk of projected bras, the factors (far smaller than
+the model) and one sample's exact gradient for the check below: ``O(N·d + model)``.
+
+Which metrics work: ``"identity"`` and ``"adam"`` (any diagonal metric). The Gauss–Newton
+metric multiplies by the model's Jacobian in the full parameter space (``jvp``/``vjp``) and
+cannot act on projected gradients: it is refused with a ``ValueError``.
+
+Check: on the first sample, the projected gradient is compared with the projection of the exact
+gradient; a layer whose weight also enters the loss outside its own forward is reported.
+
+Example:
+    >>> import torch
+    >>> import symcoherence as sc
+    >>> from symcoherence.coherence import Projection
+    >>> net = torch.nn.Conv2d(1, 1, 3, padding=1, padding_mode="circular")
+    >>> x, y = torch.randn(6, 1, 8, 8), torch.randn(6, 1, 8, 8)
+    >>> shifts = sc.groups.Shifts(line=("x", [1, 2]))
+    >>> result = sc.orbit_influence(
+    ...     net, sc.smse, x, y, shifts, sc.FieldType(["scalar"]), projection=Projection(dim=4)
+    ... )
+    >>> result.info["projection_dim"], [round(r, 4) for r in result.ratio.tolist()]
+    (4, [1.0, 1.0, 1.0])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from symcoherence.coherence.metrics import DiagonalMetric, Metric
+from symcoherence.coherence.per_sample import (
+    ChunkSize,
+    FunctionalModel,
+    LossFn,
+    ParameterLayout,
+    Randomness,
+    _tied_aliases,
+)
+
+DEFAULT_DIM = 2**16
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Settings of a seeded random projection of per-sample gradients (see the module docs).
+
+    Args:
+        dim: target dimension ``d`` (the sum of the per-tensor dimensions stays ``≤ d``).
+        seed: seed of the random factors, buckets and signs.
+
+    Raises:
+        ValueError: if ``dim`` is not a positive int or ``seed`` not a non-negative int.
+
+    Example:
+        >>> Projection(dim=4096, seed=1)
+        Projection(dim=4096, seed=1)
+    """
+
+    dim: int = DEFAULT_DIM
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, minimum in (("dim", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(
+                    f"Projection {name} must be an integer >= {minimum}, got {value!r}"
+                )
+
+    def bind(self, model: nn.Module, fmodel: FunctionalModel, metric: Metric) -> ProjectedGradients:
+        """The projected-gradient source of ``model`` for ``metric`` (see :class:`ProjectedGradients`).
+
+        Raises:
+            ValueError: if ``metric`` is not diagonal (see :func:`check_projectable`).
+        """
+        check_projectable(metric)
+        inverse = metric.inverse_diagonal(fmodel)
+        return ProjectedGradients(self, model, fmodel, None if inverse is None else inverse.sqrt())
+
+
+def check_projectable(metric: str | Metric) -> None:
+    """Raise ``ValueError`` unless ``metric`` can be evaluated on projected gradients.
+
+    Diagonal metrics (``"identity"``, ``"adam"``, any :class:`DiagonalMetric`) can: the gradients
+    are scaled by ``diag(M)^{-1/2}`` before the projection.
+    """
+    if metric in ("identity", "adam") or isinstance(metric, DiagonalMetric):
+        return
+    raise ValueError(
+        f"metric {metric!r} cannot be evaluated on projected gradients: only diagonal metrics "
+        "can, and the Gauss–Newton metric solves with the model's Jacobian (jvp/vjp) in the "
+        "full parameter space. Use projection=None (the exact engine) with it, or "
+        "metric='identity' or 'adam' with a projection"
+    )
+
+
+def allocate(sizes: list[int], dim: int) -> list[int]:
+    """Per-tensor dimensions ``d_l = min(p_l, λ)``, ``λ`` the largest level with ``Σ d_l ≤ dim``.
+
+    Example:
+        >>> allocate([10, 1000, 5000], 1000)
+        [10, 495, 495]
+    """
+    level, left = dim, len(sizes)
+    for size in sorted(sizes):  # small tensors take their size, the rest share what is left
+        if size * left > level:
+            break
+        level, left = level - size, left - 1
+    share = level // max(left, 1)
+    return [min(size, share) for size in sizes] if left else list(sizes)
+
+
+def _kronecker_shape(target: int, rows: int, columns: int) -> tuple[int, int] | None:
+    """``(k_out, k_in)`` with ``k_out·k_in ≤ target``, as balanced as ``rows``, ``columns`` allow.
+
+    ``None`` where the hooked term would cost more multiply-adds per output position (the ``Q``
+    filters forward and backward, the products with ``Z`` and ``P_out``) than the layer's weight
+    gradient (``rows·columns``), which the count sketch then projects instead.
+    """
+    k_out = min(rows, max(1, math.isqrt(target)))
+    k_in = min(columns, max(1, target // k_out))
+    if k_in == columns:
+        k_out = min(rows, max(1, target // columns))
+    added = 2 * k_in * columns + 2 * rows * k_out + 4 * k_out * k_in
+    return (k_out, k_in) if added < rows * columns else None
+
+
+def _gaussian(rows: int, columns: int, variance_dim: int, generator, like) -> torch.Tensor:
+    """``(rows, columns)`` with entries ``N(0, 1/variance_dim)``, drawn in float64 on the CPU."""
+    draw = torch.randn(rows, columns, generator=generator, dtype=torch.float64)
+    return (draw / math.sqrt(variance_dim)).to(like)
+
+
+class _Sketch:
+    """Count sketch of one tensor's flat gradient ``(c, p) -> (c, d_l)`` (identity when exact).
+
+    ``y[j] = Σ_{i: h(i) = j} s_i σ_i g_i`` with uniform buckets ``h(i)`` and signs ``s_i = ±1``;
+    ``E[yᵀ y'] = Σ_i σ_i² g_i g'_i``.
+    """
+
+    def __init__(self, size: int, dim: int, scale: torch.Tensor | None, generator, like):
+        self.dim = dim
+        if dim >= size:
+            self.buckets = torch.arange(size, device=like.device)
+            signs = torch.ones(size, dtype=like.dtype, device=like.device)
+        else:
+            self.buckets = torch.randint(0, dim, (size,), generator=generator).to(like.device)
+            signs = (2 * torch.randint(0, 2, (size,), generator=generator) - 1).to(like)
+        self.signs = signs if scale is None else signs * scale
+
+    def __call__(self, flat: torch.Tensor) -> torch.Tensor:
+        out = flat.new_zeros(flat.shape[0], self.dim)
+        return out.index_add_(1, self.buckets, flat * self.signs)
+
+    def matrix(self) -> torch.Tensor:
+        """The dense ``(d_l, p)`` matrix."""
+        dense = self.signs.new_zeros(self.dim, self.signs.numel())
+        dense[self.buckets, torch.arange(self.signs.numel(), device=dense.device)] = self.signs
+        return dense
+
+
+class _Kronecker:
+    """Kronecker projection ``G -> P_outᵀ (σ ⊙ G) Qᵀ`` of a Linear / ConvNd weight gradient.
+
+    ``key`` names the zero parameter ``Z`` ``(k_out, k_in)`` of the reparametrized model.
+    """
+
+    def __init__(self, module: nn.Module, key: str, shape, scale, generator, like):
+        self.module, self.key = module, key
+        weight = module.weight
+        self.shape = weight.shape
+        self.rows, self.columns = rows, columns = weight.shape[0], weight[0].numel()
+        self.k_out, self.k_in = shape
+        self.dim = self.k_out * self.k_in
+        self.out_factor = (
+            torch.eye(rows, dtype=like.dtype, device=like.device)
+            if self.k_out == rows
+            else _gaussian(rows, self.k_out, self.k_out, generator, like)
+        )
+        self.in_factor = (
+            torch.eye(columns, dtype=like.dtype, device=like.device)
+            if self.k_in == columns
+            else _gaussian(self.k_in, columns, self.k_in, generator, like)
+        )
+        self.scale = None if scale is None else scale.reshape(rows, columns)
+        self.spatial = weight.dim() - 2  # 0 for Linear
+
+    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
+        """Exact weight gradients ``(c, *shape)`` -> ``(c, k_out·k_in)``."""
+        grad = grad.reshape(grad.shape[0], self.rows, self.columns)
+        if self.scale is not None:
+            grad = grad * self.scale
+        return (self.out_factor.T @ grad @ self.in_factor.T).flatten(1)
+
+    def matrix(self) -> torch.Tensor:
+        """The dense ``(k_out·k_in, n_out·m)`` matrix ``P_outᵀ ⊗ Q`` (times ``σ`` column-wise)."""
+        dense = torch.kron(self.out_factor.T.contiguous(), self.in_factor)
+        return dense if self.scale is None else dense * self.scale.reshape(1, -1)
+
+    def delta(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The output term ``P_out Z (Q ⋆ x)`` (or ``(σ ⊙ P_out Z Q) ⋆ x``) of input ``x``."""
+        module = self.module
+        if self.scale is not None:
+            weight = (self.scale * (self.out_factor @ z @ self.in_factor)).reshape(self.shape)
+            return (
+                F.linear(x, weight) if self.spatial == 0 else module._conv_forward(x, weight, None)
+            )
+        if self.spatial == 0:
+            return F.linear(F.linear(F.linear(x, self.in_factor), z), self.out_factor)
+        conv = (F.conv1d, F.conv2d, F.conv3d)[self.spatial - 1]
+        pointwise = (1,) * self.spatial
+        features = module._conv_forward(x, self.in_factor.reshape(self.k_in, *self.shape[1:]), None)
+        mixed = conv(features, z.reshape(*z.shape, *pointwise))
+        return conv(mixed, self.out_factor.reshape(*self.out_factor.shape, *pointwise))
+
+
+def _kronecker_module(model: nn.Module, name: str, tied: set[str]) -> nn.Module | None:
+    """The Linear / ConvNd (``groups=1``) whose own weight ``name`` is, else ``None``."""
+    prefix, _, leaf = name.rpartition(".")
+    if leaf != "weight" or name in tied:
+        return None
+    module = model.get_submodule(prefix)
+    if isinstance(module, nn.Linear):
+        return module
+    if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed and module.groups == 1:
+        return module
+    return None
+
+
+class _Reparametrized(nn.Module):
+    """``model`` with a zero parameter ``Z`` per Kronecker-projected layer (see the module docs)."""
+
+    def __init__(self, model: nn.Module, shapes: dict[str, tuple[int, int]], like: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.kronecker = nn.ParameterDict(
+            {key: nn.Parameter(like.new_zeros(shape)) for key, shape in shapes.items()}
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``model(x)`` (the Kronecker terms enter through forward hooks)."""
+        return self.model(x)
+
+
+class ProjectedGradients:
+    r"""Per-sample gradients projected to ``d`` numbers, with the interface of the exact ones.
+
+    :meth:`flat_grads` and :meth:`flat_grad_matrix` yield ``(c, d)`` blocks and an ``(N, d)``
+    matrix where :class:`~symcoherence.coherence.per_sample.FunctionalModel` yields ``(c, P)`` and
+    ``(N, P)``; ``layout`` names the columns of each parameter tensor in the projected vector.
+
+    Args:
+        projection: the settings.
+        model: the module (only hooked while gradients are computed).
+        fmodel: its functional model (the selected parameters).
+        scale: ``diag(M)^{-1/2}`` ``(P,)`` in ``fmodel``'s layout, or ``None`` for ``M = I``.
+
+    Attributes:
+        layout: a :class:`~symcoherence.coherence.per_sample.ParameterLayout` of the projected
+            vector (``layout.size`` is ``d``; ``layout.slices[name]`` the columns of a tensor).
+        device: where the projected gradients live.
+    """
+
+    def __init__(
+        self,
+        projection: Projection,
+        model: nn.Module,
+        fmodel: FunctionalModel,
+        scale: torch.Tensor | None = None,
+    ):
+        self.projection, self.fmodel, self.device = projection, fmodel, fmodel.device
+        generator = torch.Generator().manual_seed(projection.seed)
+        like = torch.empty((), dtype=fmodel.dtype, device=fmodel.device)
+        layout = fmodel.layout
+        if projection.dim < len(layout.names):
+            raise ValueError(
+                f"Projection(dim={projection.dim}) cannot give each of the {len(layout.names)} "
+                "selected parameter tensors a dimension; use a larger dim (the default is "
+                f"{DEFAULT_DIM})"
+            )
+        dims = allocate([layout.sizes[n] for n in layout.names], projection.dim)
+        tied = set(_tied_aliases(model).values())
+        self.plans: dict[str, _Sketch | _Kronecker] = {}
+        for name, dim in zip(layout.names, dims, strict=True):
+            part = None if scale is None else scale[layout.slices[name]]
+            module = _kronecker_module(model, name, tied) if dim < layout.sizes[name] else None
+            shape = (
+                None if module is None else _kronecker_shape(dim, *module.weight.flatten(1).shape)
+            )
+            if shape is None:
+                self.plans[name] = _Sketch(layout.sizes[name], dim, part, generator, like)
+            else:
+                key = name.replace(".", "/")  # ParameterDict keys cannot hold dots
+                self.plans[name] = _Kronecker(module, key, shape, part, generator, like)
+        self._kronecker = {n: p for n, p in self.plans.items() if isinstance(p, _Kronecker)}
+        self._wrapper = _Reparametrized(
+            model, {p.key: (p.k_out, p.k_in) for p in self._kronecker.values()}, like
+        )
+        self._sources = {
+            name: f"kronecker.{plan.key}" if name in self._kronecker else f"model.{name}"
+            for name, plan in self.plans.items()
+        }
+        self._functional = FunctionalModel(
+            self._wrapper, list(self._sources.values()), budget_params=layout.size
+        )
+        self.layout = ParameterLayout(
+            {name: torch.empty(plan.dim, device="meta") for name, plan in self.plans.items()}
+        )
+        self._checked = False
+
+    def project(self, grads: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Project exact gradients ``{name: (c, *shape)}`` (every selected tensor) to ``(c, d)``."""
+        parts = []
+        for name, plan in self.plans.items():
+            grad = grads[name]
+            if grad.is_complex():
+                grad = torch.view_as_real(grad)
+            parts.append(plan(grad.reshape(grad.shape[0], -1)))
+        return torch.cat(parts, dim=1)
+
+    def matrix(self, name: str) -> torch.Tensor:
+        """The dense ``(d_l, p_l)`` block of ``S`` for tensor ``name`` (for tests on small models)."""
+        return self.plans[name].matrix()
+
+    def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(P_out, Q)`` of a Kronecker-projected tensor, ``None`` for a count-sketched one."""
+        plan = self.plans[name]
+        return (plan.out_factor, plan.in_factor) if isinstance(plan, _Kronecker) else None
+
+    def flat_grads(
+        self,
+        loss_fn: LossFn,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        chunk_size: ChunkSize = "auto",
+        randomness: Randomness = "error",
+    ) -> Iterator[tuple[slice, torch.Tensor]]:
+        """Yield ``(samples, (c, d))`` projected per-sample gradient blocks.
+
+        Raises:
+            ValueError: on the first call, if the loss does not depend on some selected
+                parameter, or if a projected layer's weight enters the loss other than through
+                the layer's own forward (its projected gradient differs from the projection of
+                its exact gradient).
+        """
+        expected = None
+        if not self._checked and randomness == "error":
+            exact = self.fmodel._autograd_grad(loss_fn, inputs[0], targets[0])
+            expected = self.project({n: g.unsqueeze(0) for n, g in exact.items()})
+            del exact
+        blocks = self._functional.flat_grads(loss_fn, inputs, targets, chunk_size, randomness)
+        while True:
+            with self._hooks():
+                item = next(blocks, None)
+            if item is None:
+                return
+            samples, block = item
+            projected = self._assemble(block)
+            if expected is not None:
+                self._check(projected[:1], expected)
+                expected = None
+            self._checked = True
+            yield samples, projected
+
+    def flat_grad_matrix(
+        self,
+        loss_fn: LossFn,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        chunk_size: ChunkSize = "auto",
+        randomness: Randomness = "error",
+    ) -> torch.Tensor:
+        """All projected per-sample gradients as one ``(N, d)`` tensor."""
+        out = torch.empty(
+            inputs.shape[0], self.layout.size, dtype=self.fmodel.dtype, device=self.device
+        )
+        for samples, block in self.flat_grads(loss_fn, inputs, targets, chunk_size, randomness):
+            out[samples] = block
+        return out
+
+    def _assemble(self, block: torch.Tensor) -> torch.Tensor:
+        """Gradients of the reparametrized model ``(c, P')`` -> projected ``(c, d)``."""
+        slices = self._functional.layout.slices
+        parts = []
+        for name, plan in self.plans.items():
+            part = block[:, slices[self._sources[name]]]
+            parts.append(part if name in self._kronecker else plan(part))
+        return torch.cat(parts, dim=1)
+
+    def _check(self, projected: torch.Tensor, expected: torch.Tensor) -> None:
+        """Compare the first sample's two projections tensor by tensor."""
+        # Agreement to half the digits of the dtype, relative to the tensor's block or, for a
+        # block that nearly vanishes, to that squared times the whole gradient: the two paths
+        # differ in the order of operations only, whereas a missed use of a weight changes its
+        # block at order one.
+        tolerance = torch.finfo(projected.dtype).eps ** 0.5
+        total = float(expected.norm())
+        wrong = [
+            name
+            for name, part in self.layout.slices.items()
+            if float((projected[:, part] - expected[:, part]).norm())
+            > tolerance * (float(expected[:, part].norm()) + tolerance * total)
+        ]
+        if wrong:
+            raise ValueError(
+                f"the projected gradients of {wrong} differ from the projection of their exact "
+                "gradients on the first sample: their weights enter the loss other than through "
+                "their layers' own forward (used directly by another module, or modified by a "
+                "hook), which the Kronecker projection cannot see. Measure without a projection, "
+                "or leave these parameters out with a parameter_filter"
+            )
+
+    @contextlib.contextmanager
+    def _hooks(self) -> Iterator[None]:
+        """Forward hooks adding each Kronecker term to its layer's output, for the block."""
+        handles = [
+            plan.module.register_forward_hook(self._hook(plan)) for plan in self._kronecker.values()
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _hook(self, plan: _Kronecker):
+        zeros = self._wrapper.kronecker
+
+        def hook(module, args, output):
+            return output + plan.delta(args[0], zeros[plan.key])
+
+        return hook
+
+
+__all__ = ["DEFAULT_DIM", "ProjectedGradients", "Projection", "allocate", "check_projectable"]

@@ -40,10 +40,11 @@ class Scale:
     probes: int
     elements: tuple[str, ...] | None  # None: all of D4
     batch: int
+    width: int | None = None  # None: the preset's
 
 
 FULL = Scale("paper", 128, 48, None, 16)
-REDUCED = Scale("small", 16, 4, ("e", "r", "s"), 4)
+REDUCED = Scale("small", 8, 3, ("e", "r"), 4, width=4)
 METRICS = {
     "identity": "identity",
     "gauss_newton": "gauss_newton",
@@ -103,7 +104,8 @@ def training_step_seconds(model, x, y, device, repeats: int = 3) -> float:
 
 def run(scale: Scale, device: torch.device) -> list[dict]:
     torch.manual_seed(0)
-    model = UNet2d(2, 2, preset=scale.preset).to(device)
+    sizes = {} if scale.width is None else {"width": scale.width, "depth": 1}
+    model = UNet2d(2, 2, preset=scale.preset, **sizes).to(device)
     generator = torch.Generator().manual_seed(1)
     shape = (scale.probes, 2, scale.grid, scale.grid)
     x = torch.randn(shape, generator=generator).to(device)

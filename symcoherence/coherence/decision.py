@@ -3,8 +3,13 @@ r"""When an element is reported as **suppressed**: a decision rule on one statis
 An element ``g ≠ e`` is flagged when the *upper* end of the bootstrap interval of the chosen
 statistic lies below the threshold — the whole interval says "less than that":
 
-* ``DecisionRule("transfer", 0.0)`` (the default): the distribution transfer ``τ(g)`` is negative
-  with confidence — a step learned from the probes *raises* the loss at the transformed states;
+* ``DecisionRule("transfer", 0.5)`` (the default): learning from the probes lowers the loss at
+  the transformed states by less than half as much as at the probes themselves, with confidence.
+  In the controlled experiment (3 training seeds × 3 probe draws of 48 probes) it flagged none of
+  126 null elements (isotropic data, the group-averaged model) under the identity and Adam metrics
+  and 44 % (identity) / 69 % (Adam) of the elements the anisotropic model fails on (E ≈ 40);
+* ``DecisionRule("transfer", 0.0)``: a step learned from the probes *raises* the loss at the
+  transformed states (stricter: 11 % / 0 % of the failing elements there);
 * ``DecisionRule("ratio", "baseline")``: the coherence ratio stands below the element's own
   random-pair baseline;
 * any statistic (``"ratio"``, ``"coupling"``, ``"transfer"``) against a number.
@@ -41,7 +46,7 @@ class DecisionRule:
     """
 
     statistic: str = "transfer"
-    threshold: float | str = 0.0
+    threshold: float | str = 0.5
 
     def __post_init__(self) -> None:
         if self.statistic not in STATISTICS:

@@ -173,7 +173,7 @@ class OrbitInfluence:
             confidence: level of the bootstrap intervals.
             resamples: bootstrap resamples.
             seed: seed of the bootstrap draws.
-            rule: when an element is reported as suppressed (default: transfer interval < 0).
+            rule: when an element is reported as suppressed (default: transfer interval < 0.5).
         """
         return summarize(
             self.normalized,

@@ -107,7 +107,7 @@ class MeasurementSpec:
         seed: seed of the bootstrap and of the permutation test.
         rule: when an element is reported as suppressed (a
             :class:`~symcoherence.coherence.decision.DecisionRule`; default: the distribution
-            transfer's interval lies below 0).
+            transfer's interval lies below 0.5).
         projection: measure on seeded random projections of the gradients (a
             :class:`~symcoherence.coherence.Projection`; for large models, diagonal metrics
             only), or ``None`` for the exact engine.

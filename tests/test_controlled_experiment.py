@@ -1,0 +1,91 @@
+"""The replication protocol of experiments/controlled_experiment.py runs end to end at toy size
+(``--quick``: 8² grid, one seed, one probe draw, 8 probes, 6 steps, identity and subspace
+metrics) and its report has the structure and the known answers of the full run."""
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from symcoherence.testing import TOLERANCES
+
+SCRIPT = Path(__file__).resolve().parent.parent / "experiments" / "controlled_experiment.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("controlled_experiment", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    experiment = _load()
+    out = tmp_path_factory.mktemp("experiment")
+    cache = tmp_path_factory.mktemp("cache")
+    settings, _ = experiment.parse(["--quick", "--out", str(out)])
+    settings = type(settings)(**{**settings.__dict__, "cache_dir": cache})
+    return experiment, experiment.run(settings), out
+
+
+def test_every_variant_metric_and_group_is_measured(quick_run):
+    experiment, payload, _ = quick_run
+    cells = {(r["variant"], r["group"], r["metric"]) for r in payload["records"]}
+    for variant in experiment.VARIANTS:
+        for metric in ("identity", "subspace"):
+            assert (variant, "D4", metric) in cells
+    assert ("kolmogorov", "Kolmogorov", "identity") in cells  # its diagnostic group as well
+    assert not payload["skipped"]
+    for record in payload["records"]:
+        assert record["elements"][record["identity"]]["ratio"] == pytest.approx(1.0)
+
+
+def test_group_averaged_model_gives_ratio_one_and_error_one(quick_run):
+    _, payload, _ = quick_run
+    tol = TOLERANCES["fp32"]
+    records = [r for r in payload["records"] if r["variant"] == "anisotropic_group_averaged"]
+    assert records
+    for record in records:
+        for element, row in record["elements"].items():
+            for name in ("ratio", "equivariance_median", "equivariance_q3"):
+                assert math.isclose(row[name], 1.0, rel_tol=tol["rtol"], abs_tol=tol["atol"]), (
+                    record["metric"],
+                    element,
+                    name,
+                    row[name],
+                )
+
+
+def test_decision_rules_count_every_null_element(quick_run):
+    experiment, payload, _ = quick_run
+    rules = payload["rules"]
+    assert {(r["statistic"], r["threshold"]) for r in rules} == set(experiment.CANDIDATE_RULES)
+    for entry in rules:
+        assert entry["null"][1] == 14  # 7 elements g ≠ e × (isotropic + group-averaged)
+        assert entry["hit"][1] == 4  # r, r3, sr, sr3 of the anisotropic model
+        assert entry["group_averaged"][0] == 0  # an exactly equivariant model is never flagged
+        assert 0 <= entry["null"][0] <= entry["null"][1]
+
+
+def test_kolmogorov_solver_check_and_report(quick_run):
+    _, payload, out = quick_run
+    defect = payload["kolmogorov"]["defect"]
+    assert defect["e"] == 0.0 and defect["sr2"] < TOLERANCES["fp64"]["rtol"]
+    assert min(defect[g] for g in ("r", "r2", "r3", "s", "sr", "sr3")) > 0.01
+    report = (out / "RESULTS.md").read_text()
+    for heading in ("## Decision rules", "## Kolmogorov control", "## Rank correlation"):
+        assert heading in report
+    assert (out / "figures" / "anisotropic.png").stat().st_size > 0
+    assert (out / "results.json").is_file()
+    assert "## Headline" in report
+
+
+def test_report_is_regenerated_from_the_json(quick_run):
+    experiment, _, out = quick_run
+    before = (out / "RESULTS.md").read_text()
+    text = experiment.main(["--quick", "--out", str(out), "--from-json", str(out / "results.json")])
+    assert text == before

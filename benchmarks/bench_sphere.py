@@ -25,8 +25,8 @@ import torch
 from timing import TimedMonitor
 
 from symcoherence.coherence import GaussNewton
+from symcoherence.data import SphericalShallowWaterDataModule
 from symcoherence.data.shallow_water import SphericalShallowWater
-from symcoherence.data.shallow_water_datamodule import SphericalShallowWaterDataModule
 from symcoherence.models import SFNO, EmulatorModule
 
 STEPS = 60

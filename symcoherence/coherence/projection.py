@@ -24,12 +24,26 @@ the parameter tensors, and each block gets about the same number of dimensions: 
   layer's weight gradient, only ``k_in`` projected input channels and ``k_out`` projected output
   gradients (TRAK, Park et al. 2023, motivates the random features; LoGra the structure). With a
   diagonal metric the term is ``(σ ⊙ P_out Z Q) ⋆ x`` with ``σ = diag(M)^{-1/2}`` instead.
+  The ranks are ``k_out ≈ k_in ≈ √d_l`` as far as the layer's sizes allow. The layer is projected this way
+  only where the term costs fewer multiply-adds per output position than its weight gradient
+  would (``2 k_in m + 2 n_out k_out + 4 k_out k_in < n_out m``): wide layers, in practice.
 * **Count sketch** for every other tensor (biases, normalization scales, spectral weights,
-  complex parameters as real pairs): coordinate ``i`` of its flat (``σ``-scaled) gradient is
-  added with a random sign to one of ``d_l`` random buckets.
+  complex parameters as real pairs, narrow layers): coordinate ``i`` of its flat (``σ``-scaled)
+  per-sample gradient is added with a random sign to one of ``d_l`` random buckets. Its error is
+  that of a dense Gaussian projection; a Kronecker block's is larger at the same ``d_l`` (about
+  twice the relative error of ``H`` measured on a 13M-parameter U-Net), for far less work.
 
 Memory: the ``(N, d)`` projected kets, one chunk of projected bras, the factors (far smaller than
-the model) and one sample's exact gradient for the check below: ``O(N·d + model)``.
+the model), a chunk's per-sample gradients of the count-sketched tensors and one sample's exact
+gradient for the check below: ``O(N·d + model)``.
+
+Choosing ``d``: the error of ``H`` falls as ``1/√d``, and the coherence ratio (a ratio of medians
+of rows divided by their spread) amplifies it, most at few probes. Measured against the exact
+engine (largest ``|Δρ(g)|`` over the elements, fp32, CPU): small U-Net preset (0.28M parameters,
+64², D4, N = 16) 0.012 at ``d = 2^16``; U-Net of 101M parameters (32², N = 8, four elements)
+0.17 at ``2^16`` and 0.018 at ``2^20``, with 0.7 and 0.9 GB of peak extra memory against 9.5 GB
+exact. Hence the default ``d = 2^20`` (4 MiB per probe in float32), which keeps models below
+about a million parameters exact.
 
 Which metrics work: ``"identity"`` and ``"adam"`` (any diagonal metric). The Gauss–Newton
 metric multiplies by the model's Jacobian in the full parameter space (``jvp``/``vjp``) and
@@ -73,7 +87,7 @@ from symcoherence.coherence.per_sample import (
     _tied_aliases,
 )
 
-DEFAULT_DIM = 2**16
+DEFAULT_DIM = 2**20
 
 
 @dataclass(frozen=True)
@@ -81,8 +95,10 @@ class Projection:
     """Settings of a seeded random projection of per-sample gradients (see the module docs).
 
     Args:
-        dim: target dimension ``d`` (the sum of the per-tensor dimensions stays ``≤ d``).
-        seed: seed of the random factors, buckets and signs.
+        dim: target dimension ``d`` (the sum of the per-tensor dimensions stays ``≤ d``; see
+            "Choosing d" in the module docs for the default ``2^20``).
+        seed: seed of the random factors, buckets and signs (drawn on the CPU, so the same on
+            every device).
 
     Raises:
         ValueError: if ``dim`` is not a positive int or ``seed`` not a non-negative int.
@@ -146,7 +162,7 @@ def allocate(sizes: list[int], dim: int) -> list[int]:
     return [min(size, share) for size in sizes] if left else list(sizes)
 
 
-def _kronecker_shape(target: int, rows: int, columns: int) -> tuple[int, int] | None:
+def _kronecker_ranks(target: int, rows: int, columns: int) -> tuple[int, int] | None:
     """``(k_out, k_in)`` with ``k_out·k_in ≤ target``, as balanced as ``rows``, ``columns`` allow.
 
     ``None`` where the hooked term would cost more multiply-adds per output position (the ``Q``
@@ -201,12 +217,12 @@ class _Kronecker:
     ``key`` names the zero parameter ``Z`` ``(k_out, k_in)`` of the reparametrized model.
     """
 
-    def __init__(self, module: nn.Module, key: str, shape, scale, generator, like):
+    def __init__(self, module: nn.Module, key: str, ranks, scale, generator, like):
         self.module, self.key = module, key
         weight = module.weight
         self.shape = weight.shape
         self.rows, self.columns = rows, columns = weight.shape[0], weight[0].numel()
-        self.k_out, self.k_in = shape
+        self.k_out, self.k_in = ranks
         self.dim = self.k_out * self.k_in
         self.out_factor = (
             torch.eye(rows, dtype=like.dtype, device=like.device)
@@ -320,14 +336,14 @@ class ProjectedGradients:
         for name, dim in zip(layout.names, dims, strict=True):
             part = None if scale is None else scale[layout.slices[name]]
             module = _kronecker_module(model, name, tied) if dim < layout.sizes[name] else None
-            shape = (
-                None if module is None else _kronecker_shape(dim, *module.weight.flatten(1).shape)
+            ranks = (
+                None if module is None else _kronecker_ranks(dim, *module.weight.flatten(1).shape)
             )
-            if shape is None:
+            if ranks is None:
                 self.plans[name] = _Sketch(layout.sizes[name], dim, part, generator, like)
             else:
                 key = name.replace(".", "/")  # ParameterDict keys cannot hold dots
-                self.plans[name] = _Kronecker(module, key, shape, part, generator, like)
+                self.plans[name] = _Kronecker(module, key, ranks, part, generator, like)
         self._kronecker = {n: p for n, p in self.plans.items() if isinstance(p, _Kronecker)}
         self._wrapper = _Reparametrized(
             model, {p.key: (p.k_out, p.k_in) for p in self._kronecker.values()}, like

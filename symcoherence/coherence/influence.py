@@ -244,13 +244,13 @@ def check_gradients(kets: torch.Tensor) -> None:
 
     Nothing can be measured then, and summaries would report zeros or NaN as if they were results.
     """
-    if not bool(torch.isfinite(kets).all()):
+    if not bool(torch.isfinite(torch.stack(kets.aminmax())).all()):  # NaN propagates; no N×P copy
         raise ValueError(
             "the per-sample loss gradients of the probes hold non-finite values (NaN or Inf); "
             "check the loss on the probe set (a loss that divides by a vanishing target norm, or "
             "diverged parameters)"
         )
-    if not bool(kets.any()):
+    if not bool(kets.count_nonzero()):
         raise ValueError(
             f"every per-sample loss gradient of the {kets.shape[0]} probes is exactly zero, so "
             "there is no influence to measure. Likely causes: the selected parameters do not enter "

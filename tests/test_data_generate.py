@@ -1,6 +1,5 @@
 """``symcoherence generate --config C``: the one generator entry point, on the source config shape."""
 
-
 from symcoherence.cli import main
 from symcoherence.data import NavierStokesSource
 

@@ -8,9 +8,8 @@ For the small U-Net and FNO presets of ``symcoherence.models`` on 64² fields, D
 * peak extra memory of the engine ÷ ``K·N·P·4`` bytes with ``chunk_size="auto"`` (target ≤ 0.25),
   beside that of fixed chunk sizes 1, 2, 4, 8 and their times: auto's time ÷ the best fixed
   chunk's (target ≤ 1.2);
-* Gauss–Newton time ÷ identity time: the reference ``GaussNewton()`` (Nyström-preconditioned cg,
-  with its iterations and residual) and ``subspace`` (``benchmarks/bench_gauss_newton.py`` has
-  the solver comparison: plain cg, and subspace's error against the reference).
+* (the Gauss–Newton solvers' cost against this identity-metric engine is measured by
+  ``benchmarks/bench_gauss_newton.py``).
 
 Memory method: torch's CPU allocator keeps no peak statistic and ``tracemalloc`` does not see its
 allocations, so every memory measurement runs in a fresh subprocess and reports the growth of the
@@ -35,7 +34,6 @@ import time
 import torch
 
 import symcoherence as sc
-from symcoherence.coherence import GaussNewton
 from symcoherence.models import FNO2d, UNet2d
 
 GRID, N, GROUP, KIND = 64, 16, sc.groups.D4(), sc.FieldType(["pseudoscalar"])
@@ -178,25 +176,6 @@ def report(name: str, args: argparse.Namespace) -> None:
     chunk_sweep(name, model, x, y, dense_bytes, args)
     extra_batched = peak_rss(name, "batched", args.threads)
     print(f"    (batched fwd+bwd over K·N, for scale: {extra_batched / 2**20:.0f} MiB)", flush=True)
-    subspace = GaussNewton(solver="subspace")
-    start = time.perf_counter()
-    sub_result = engine(model, x, y, subspace)
-    t_subspace = time.perf_counter() - start
-    print(
-        f"  Gauss–Newton subspace ÷ id  {t_subspace / t_engine:8.2f}   ({t_subspace:.2f} s, "
-        f"rank {sub_result.info['subspace_rank']} of {sub_result.info['subspace_columns']})",
-        flush=True,
-    )
-    start = time.perf_counter()
-    reference = engine(model, x, y, GaussNewton())
-    t_reference = time.perf_counter() - start
-    print(
-        f"  Gauss–Newton reference ÷ id {t_reference / t_engine:8.2f}   ({t_reference:.2f} s, "
-        f"{reference.info['solver_iterations']} iterations, relative residual "
-        f"{reference.info['solver_residual']:.2e}, Nyström rank "
-        f"{reference.info['preconditioner_rank']})",
-        flush=True,
-    )
 
 
 def main() -> None:

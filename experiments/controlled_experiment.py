@@ -460,7 +460,8 @@ def write_report(
         "validation trajectories, `standard` normalization, eval mode, "
         f"{settings.resamples} bootstrap resamples. Metrics: "
         + ", ".join(f"`{m}` ({METRIC_LABELS[m]})" for m in metrics)
-        + ". Gauss–Newton: relative damping α = 0.1 (λ = α·tr(η)/P).",
+        + f". Gauss–Newton: relative damping α = {metric_object('gn_probes').relative_damping:g} "
+        "(λ = α·tr(η)/P).",
         "",
         "How to read a cell: `median [lo, hi] (a…b)` = median over seeds × draws of the "
         "per-measurement statistic, the medians of its 90 % bootstrap bounds over probes, and "

@@ -45,7 +45,8 @@ def test_group_averaged_variant_is_exactly_equivariant(tol):
     )
     group, field_type = cli.datamodule.diagnostic_group, cli.datamodule.field_type
     assert group.name == "D4"
-    x = torch.randn(2, field_type.num_channels, 32, 32)
+    grid = cli.datamodule.source.n
+    x = torch.randn(2, field_type.num_channels, grid, grid)
     with torch.no_grad():
         for element in group.elements:
             torch.testing.assert_close(

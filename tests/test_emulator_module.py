@@ -10,6 +10,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.data import DataLoader, TensorDataset
 
 import symcoherence as sc
+from symcoherence.data import ArraySource, TrajectoryDataModule
+from symcoherence.groups import D4
 from symcoherence.models import EmulatorModule, GroupAveraged, UNet2d
 from symcoherence.testing import TOLERANCES as TOL
 from symcoherence.testing import assert_equivariant
@@ -243,6 +245,18 @@ def test_declared_channel_mismatch_fails_at_setup():
         match="datamodule has in_channels=2 but the backbone was built with in_channels=1",
     ):
         _trainer(max_steps=1).fit(module, datamodule=data)
+
+
+def test_rollout_horizon_longer_than_the_trajectories_fails_before_training(monkeypatch):
+    trajectories = torch.randn(8, 6, 1, 16, 16)  # 6 frames: at most 5 rollout steps
+    source = ArraySource(trajectories, ["scalar"], symmetry_group=D4())
+    data = TrajectoryDataModule(source, batch_size=4, val_fraction=0.25, test_fraction=0.0)
+    module = EmulatorModule(UNet2d(1, 1, width=8, depth=1), rollout_horizon=8)
+    steps = []
+    monkeypatch.setattr(module, "training_step", lambda batch, index: steps.append(index))
+    with pytest.raises(ValueError, match="a rollout of 8 steps after 1 input frame"):
+        _trainer(max_steps=4).fit(module, datamodule=data)
+    assert steps == []
 
 
 def test_data_channel_mismatch_fails_at_the_first_batch():

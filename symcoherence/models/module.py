@@ -198,8 +198,16 @@ class EmulatorModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checks
     def setup(self, stage: str) -> None:
-        """Compare the datamodule's declared channel counts (if any) with the backbone's."""
+        """Check the datamodule against the model before the first step.
+
+        Compares its declared channel counts (if any) with the backbone's and, before fitting or
+        validating with rollouts, loads the rollout batch once, so that a horizon longer than the
+        trajectories fails here rather than at the end of the first epoch.
+        """
         datamodule = getattr(self.trainer, "datamodule", None)
+        horizon = self.hparams["rollout_horizon"]
+        if stage in ("fit", "validate") and horizon:
+            self._rollout_batch(horizon)
         for name in ("in_channels", "out_channels"):
             data_value = getattr(datamodule, name, None)
             model_value = getattr(self.backbone, name, None)

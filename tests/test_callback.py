@@ -289,3 +289,35 @@ def test_mixed_precision_training_is_measured_in_float32():
     monitor_probe = monitor._probe[0]
     assert monitor_probe.dtype == torch.float32
     assert sorted(fired(recording)) == [2, 4]
+
+
+# ---------------------------------------------------------------- projected gradients
+def _projected_run(projection, metric="identity"):
+    torch.manual_seed(0)
+    recording = RecordingLogger()
+    monitor = sc.OrbitCoherenceMonitor(
+        max_overhead=None, probe_size=6, metric=metric, projection=projection
+    )
+    trainer([monitor], logger=recording, max_epochs=1).fit(TinyModule(), datamodule=TinyData())
+    (values,) = [m for _, m in recording.records if "coherence/D4/orbit" in m]
+    return {key: value for key, value in values.items() if key.startswith("coherence/")}
+
+
+@pytest.mark.parametrize("metric", ["identity", "adam"])
+def test_projection_reaches_the_monitor_and_is_exact_when_it_keeps_every_parameter(metric, tol):
+    from symcoherence.coherence import Projection
+
+    exact = _projected_run(None, metric)
+    size = sum(p.numel() for p in tiny_backbone().parameters())
+    kept = _projected_run(Projection(dim=size, seed=3), metric)
+    assert kept.keys() == exact.keys()
+    np.testing.assert_allclose([kept[k] for k in exact], [exact[k] for k in exact], **tol["fp32"])
+    sketched = _projected_run(Projection(dim=8, seed=3), metric)
+    assert max(abs(sketched[k] - exact[k]) for k in exact) > 1e-3  # the projection is applied
+
+
+def test_projection_with_gauss_newton_is_refused_at_construction():
+    from symcoherence.coherence import Projection
+
+    with pytest.raises(ValueError, match="[Gg]auss"):
+        sc.OrbitCoherenceMonitor(metric="gauss_newton", projection=Projection(dim=64))

@@ -105,6 +105,14 @@ def test_hooked_kronecker_projection_equals_the_dense_kronecker_matrix(metric):
                 g = g * scale[fmodel.layout.slices[name]]
         expected = g @ dense.T
         torch.testing.assert_close(got[:, source.layout.slices[name]], expected, **FP64)
+    # the Euclidean norms: exact over sketched tensors, the unscaled Kronecker projection otherwise
+    squares = 0.0
+    for name, grad in grads.items():
+        g = flat(grad)
+        if (factors := source.factors(name)) is not None:
+            g = g @ torch.kron(factors[0].T.contiguous(), factors[1]).T
+        squares = squares + g.pow(2).sum(-1)
+    torch.testing.assert_close(source.row_norms(slice(0, len(x)), got), squares.sqrt(), **FP64)
 
 
 @pytest.mark.parametrize("name", ["mixer", "spectral", "group_norm"])
@@ -121,6 +129,8 @@ def test_a_dimension_of_at_least_p_reproduces_the_exact_engine(name, metric):
     assert projected.info["projection_dim"] == size
     torch.testing.assert_close(projected.matrix, exact.matrix, **FP64)
     torch.testing.assert_close(projected.bra_self, exact.bra_self, **FP64)
+    torch.testing.assert_close(projected.bra_norm, exact.bra_norm, **FP64)
+    torch.testing.assert_close(projected.transfer, exact.transfer, **FP64)
 
 
 def test_engine_blocks_are_the_projections_of_the_exact_gradients():

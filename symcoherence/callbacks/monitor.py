@@ -56,7 +56,15 @@ from symcoherence.callbacks._probes import (
     find_loss,
     measured_model,
 )
-from symcoherence.coherence import Keys, LossFn, Measurement, MeasurementSpec, Metric, measure
+from symcoherence.coherence import (
+    Keys,
+    LossFn,
+    Measurement,
+    MeasurementSpec,
+    Metric,
+    Projection,
+    measure,
+)
 from symcoherence.groups import FieldType, Group
 
 
@@ -139,6 +147,11 @@ class OrbitCoherenceMonitor(Callback):
             per training step))`` steps, on top of ``every_n_*`` (which stay minimum intervals).
             The interval is logged as ``measurement/{G}/interval_steps`` and the measured share
             as ``measurement/{G}/overhead``; ``None`` fires at every scheduled point.
+        projection: measure on seeded random projections of the per-sample gradients, for
+            models too large to hold ``N`` exact gradients (e.g.
+            ``Projection(dim=2**20, seed=0)``; in YAML ``projection: {dim: 1048576}``). Works with
+            the identity and Adam metrics; with Gauss–Newton it is refused at construction. A
+            ``dim`` of at least the parameter count reproduces the exact measurement.
 
     Probes come from the datamodule's ``probe_batch(n, split, seed)`` when it has one, else from
     the ``probe_split`` dataset of the datamodule's or module's dataloader hooks, else from the
@@ -179,6 +192,7 @@ class OrbitCoherenceMonitor(Callback):
         resamples: int = 1000,
         batch_items: BatchItems = (0, 1),
         max_overhead: float | None = 0.05,
+        projection: Projection | None = None,
     ):
         self.spec = MeasurementSpec(
             group=None if group == "default" else group,
@@ -192,6 +206,7 @@ class OrbitCoherenceMonitor(Callback):
             rollout_steps=rollout_steps,
             confidence=confidence,
             resamples=resamples,
+            projection=projection,
         )
         self.every_n_train_steps = every_n_train_steps
         self.every_n_epochs = every_n_epochs

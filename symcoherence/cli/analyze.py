@@ -37,6 +37,7 @@ from symcoherence.coherence import (
     NORMALIZATIONS,
     Measurement,
     MeasurementSpec,
+    Projection,
     Summary,
 )
 from symcoherence.coherence import measure as measure_model
@@ -219,6 +220,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--probe-seed", type=int, default=0)
     parser.add_argument("--confidence", type=float, default=0.9, help="interval level")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument(
+        "--projection-dim",
+        type=int,
+        metavar="D",
+        help="measure on seeded random projections of the gradients to D numbers (large models; "
+        "identity and adam metrics)",
+    )
     parser.add_argument("--output", type=Path, help="output folder (default: beside checkpoint)")
     return parser
 
@@ -247,6 +255,7 @@ def analyze_main(argv: Sequence[str]) -> str:
             normalization=args.normalization,
             confidence=args.confidence,
             resamples=args.resamples,
+            projection=None if args.projection_dim is None else Projection(args.projection_dim),
         )
         config = args.config or find_config(args.checkpoint)
         if not config.is_file():

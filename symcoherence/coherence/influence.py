@@ -182,17 +182,19 @@ def orbit_influence(
         inputs, targets = _plain(inputs), _plain(targets)
         kets = source.flat_grad_matrix(loss_fn, inputs, targets, chunk_size, randomness)
         check_gradients(kets)
+        everything = slice(0, inputs.shape[0])
+        ket_norm = source.row_norms(everything, kets)  # before any bra block is drawn
         bra_norm = kets.new_full((len(names), inputs.shape[0]), float("nan"))
 
         def bra_blocks() -> Iterator[tuple[int, slice, torch.Tensor]]:
             for index, element in enumerate(names):
                 if element == group.identity:
-                    blocks = [(slice(0, inputs.shape[0]), kets)]
-                else:
-                    moved = group.act_pair(element, inputs, targets, field_type, target_field_type)
-                    blocks = source.flat_grads(loss_fn, *moved, chunk_size, randomness)
-                for samples, block in blocks:
-                    bra_norm[index, samples] = block.norm(dim=-1)
+                    bra_norm[index] = ket_norm
+                    yield index, everything, kets
+                    continue
+                moved = group.act_pair(element, inputs, targets, field_type, target_field_type)
+                for samples, block in source.flat_grads(loss_fn, *moved, chunk_size, randomness):
+                    bra_norm[index, samples] = source.row_norms(samples, block)
                     yield index, samples, block
 
         def orbit_inputs() -> Iterator[torch.Tensor]:

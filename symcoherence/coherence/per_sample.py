@@ -376,6 +376,10 @@ class FunctionalModel:
         for samples, block in self.grad_blocks(loss_fn, inputs, targets, chunk_size, randomness):
             yield samples, self.layout.flatten(block)
 
+    def row_norms(self, samples: slice, block: torch.Tensor) -> torch.Tensor:
+        """Euclidean norms ``(c,)`` of the gradients in a block (or matrix) this model yielded."""
+        return block.norm(dim=-1)
+
     def flat_grad_matrix(
         self,
         loss_fn: LossFn,

@@ -45,6 +45,11 @@ engine (largest ``|Δρ(g)|`` over the elements, fp32, CPU): small U-Net preset 
 exact. Hence the default ``d = 2^20`` (4 MiB per probe in float32), which keeps models below
 about a million parameters exact.
 
+Norms: the distribution transfer divides by the Euclidean norm ``‖b‖`` of each unprojected,
+unscaled gradient. :meth:`ProjectedGradients.row_norms` gives it exactly over the count-sketched
+tensors and, over the Kronecker-projected weights, as the norm of their projection; under a metric
+each Kronecker term gets an unscaled twin (same factors, its own zero parameter) for that purpose.
+
 Which metrics work: ``"identity"`` and ``"adam"`` (any diagonal metric). The Gauss–Newton
 metric multiplies by the model's Jacobian in the full parameter space (``jvp``/``vjp``) and
 cannot act on projected gradients: it is refused with a ``ValueError``.
@@ -69,6 +74,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -237,6 +243,12 @@ class _Kronecker:
         self.scale = None if scale is None else scale.reshape(rows, columns)
         self.spatial = weight.dim() - 2  # 0 for Linear
 
+    def unscaled(self) -> _Kronecker:
+        """The same projection without ``σ`` (same factors), on its own zero parameter."""
+        twin = copy.copy(self)
+        twin.key, twin.scale = f"{self.key}/unscaled", None
+        return twin
+
     def __call__(self, grad: torch.Tensor) -> torch.Tensor:
         """Exact weight gradients ``(c, *shape)`` -> ``(c, k_out·k_in)``."""
         grad = grad.reshape(grad.shape[0], self.rows, self.columns)
@@ -345,16 +357,26 @@ class ProjectedGradients:
                 key = name.replace(".", "/")  # ParameterDict keys cannot hold dots
                 self.plans[name] = _Kronecker(module, key, ranks, part, generator, like)
         self._kronecker = {n: p for n, p in self.plans.items() if isinstance(p, _Kronecker)}
-        self._wrapper = _Reparametrized(
-            model, {p.key: (p.k_out, p.k_in) for p in self._kronecker.values()}, like
-        )
+        # with a metric the Kronecker terms project σ ⊙ G; an unscaled twin term (same factors)
+        # projects G itself, for the Euclidean gradient norms of row_norms
+        self._unscaled = {
+            name: plan.unscaled()
+            for name, plan in self._kronecker.items()
+            if plan.scale is not None
+        }
+        terms = [*self._kronecker.values(), *self._unscaled.values()]
+        self._wrapper = _Reparametrized(model, {p.key: (p.k_out, p.k_in) for p in terms}, like)
         self._sources = {
             name: f"kronecker.{plan.key}" if name in self._kronecker else f"model.{name}"
             for name, plan in self.plans.items()
         }
+        self._unscaled_sources = {n: f"kronecker.{p.key}" for n, p in self._unscaled.items()}
         self._functional = FunctionalModel(
-            self._wrapper, list(self._sources.values()), budget_params=layout.size
+            self._wrapper,
+            [*self._sources.values(), *self._unscaled_sources.values()],
+            budget_params=layout.size,
         )
+        self._norms = torch.empty(0)
         self.layout = ParameterLayout(
             {name: torch.empty(plan.dim, device="meta") for name, plan in self.plans.items()}
         )
@@ -401,13 +423,16 @@ class ProjectedGradients:
             expected = self.project({n: g.unsqueeze(0) for n, g in exact.items()})
             del exact
         blocks = self._functional.flat_grads(loss_fn, inputs, targets, chunk_size, randomness)
+        self._norms = torch.full(
+            (inputs.shape[0],), float("nan"), dtype=self.fmodel.dtype, device=self.device
+        )
         while True:
             with self._hooks():
                 item = next(blocks, None)
             if item is None:
                 return
             samples, block = item
-            projected = self._assemble(block)
+            projected, self._norms[samples] = self._assemble(block)
             if expected is not None:
                 self._check(projected[:1], expected)
                 expected = None
@@ -430,14 +455,31 @@ class ProjectedGradients:
             out[samples] = block
         return out
 
-    def _assemble(self, block: torch.Tensor) -> torch.Tensor:
-        """Gradients of the reparametrized model ``(c, P')`` -> projected ``(c, d)``."""
+    def row_norms(self, samples: slice, block: torch.Tensor) -> torch.Tensor:
+        """Euclidean norms ``‖a‖`` ``(c,)`` of the unprojected, unscaled gradients of ``samples``.
+
+        Valid for the block (or matrix) just yielded by :meth:`flat_grads` (or returned by
+        :meth:`flat_grad_matrix`), before the next call: exact over the count-sketched tensors
+        (their flat gradients exist) and, over the Kronecker-projected weights, the norm of their
+        projection without the metric's scale (exact where the factors are complete, unbiased in
+        square otherwise), so that statistics normalized by ``‖a‖`` mean the same as without a
+        projection.
+        """
+        return self._norms[samples]
+
+    def _assemble(self, block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradients of the reparametrized model ``(c, P')`` -> projected ``(c, d)`` and norms.
+
+        The norms ``(c,)`` are those of :meth:`row_norms`.
+        """
         slices = self._functional.layout.slices
-        parts = []
+        parts, squares = [], block.new_zeros(block.shape[0])
         for name, plan in self.plans.items():
             part = block[:, slices[self._sources[name]]]
             parts.append(part if name in self._kronecker else plan(part))
-        return torch.cat(parts, dim=1)
+            unscaled = self._unscaled_sources.get(name)
+            squares += (part if unscaled is None else block[:, slices[unscaled]]).pow(2).sum(-1)
+        return torch.cat(parts, dim=1), squares.sqrt()
 
     def _check(self, projected: torch.Tensor, expected: torch.Tensor) -> None:
         """Compare the first sample's two projections tensor by tensor."""
@@ -465,9 +507,8 @@ class ProjectedGradients:
     @contextlib.contextmanager
     def _hooks(self) -> Iterator[None]:
         """Forward hooks adding each Kronecker term to its layer's output, for the block."""
-        handles = [
-            plan.module.register_forward_hook(self._hook(plan)) for plan in self._kronecker.values()
-        ]
+        terms = [*self._kronecker.values(), *self._unscaled.values()]
+        handles = [plan.module.register_forward_hook(self._hook(plan)) for plan in terms]
         try:
             yield
         finally:

@@ -165,6 +165,9 @@ def _one_line_error(capsys) -> str:
         (["fit", "--trainer.callbacks.init_args.group=D5"], "unknown group 'D5'"),
         (["fit", "--trainer.accelerator=gpu"], "override: --trainer.accelerator=cpu"),
         (["generate", f"{SOURCE}.nn=16"], "did you mean"),
+        (["analyze", "x.ckpt", "--projection-seed", "3"], "give D too"),
+        (["analyze", "x.ckpt", "--projection-dim", "0"], "Projection dim must be an integer >= 1"),
+        (["analyze", "x.ckpt", "--metric", "gauss_newton", "--projection-dim", "64"], "Gauss"),
     ],
 )
 def test_user_mistakes_are_one_line_errors_with_the_fix(tmp_path, capsys, arguments, message):
@@ -244,3 +247,35 @@ def test_a_monitor_that_does_not_fit_the_run_is_a_one_line_error(tmp_path, capsy
     path.write_text(yaml.safe_dump(config))
     assert main(["fit", *_tiny_overrides(tmp_path, path)]) == 2
     assert "needs 40 distinct trajectories" in _one_line_error(capsys)
+
+
+def test_a_projection_set_in_yaml_reaches_the_monitor_and_analyze_reproduces_it(tmp_path, capsys):
+    config = yaml.safe_load(QUICKSTART.read_text())
+    monitor = config["trainer"]["callbacks"][0]["init_args"]
+    monitor.update(every_n_train_steps=None, every_n_epochs=1, probe_size=5, log_figures=False)
+    monitor["projection"] = {"dim": 2048, "seed": 1}
+    path = tmp_path / "projected.yaml"
+    path.write_text(yaml.safe_dump(config))
+    torch.manual_seed(0)
+    assert main(["fit", *_tiny_overrides(tmp_path, path)]) == 0
+    run_dir = tmp_path / "runs" / "quickstart" / "version_0"
+    (checkpoint,) = (run_dir / "checkpoints").glob("*.ckpt")
+    step = torch.load(checkpoint, weights_only=False)["global_step"]
+    logged = _scalars(run_dir)
+
+    def ratios(*extra):
+        output = tmp_path / f"analysis{len(extra)}"
+        arguments = ["analyze", str(checkpoint), "--probe-size", "5", "--output", str(output)]
+        assert main([*arguments, *extra]) == 0
+        summary = json.loads((output / "analysis.json").read_text())["summary"]
+        return {g: summary[f"coherence/D4/ratio/{g}"] for g in D4}
+
+    monitored = {
+        g: next(e.value for e in logged.Scalars(f"coherence/D4/ratio/{g}") if e.step == step)
+        for g in D4
+    }
+    projected = ratios("--projection-dim", "2048", "--projection-seed", "1")
+    assert projected == pytest.approx(monitored, rel=TOL["fp32"]["rtol"], abs=1e-6)
+    exact = ratios()
+    assert max(abs(exact[g] - monitored[g]) for g in D4) > 1e-4  # the monitor did project
+    capsys.readouterr()

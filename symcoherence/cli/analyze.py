@@ -227,6 +227,7 @@ def _parser() -> argparse.ArgumentParser:
         help="measure on seeded random projections of the gradients to D numbers (large models; "
         "identity and adam metrics)",
     )
+    parser.add_argument("--projection-seed", type=int, default=0, help="seed of the projection")
     parser.add_argument("--output", type=Path, help="output folder (default: beside checkpoint)")
     return parser
 
@@ -245,8 +246,8 @@ def analyze_main(argv: Sequence[str]) -> str:
         raise UsageError(str(error)) from None
     if unknown:
         raise UsageError(explain(f"unrecognized arguments: {' '.join(unknown)}", parser))
-    if not args.checkpoint.is_file():
-        raise UsageError(f"checkpoint {args.checkpoint} does not exist")
+    if args.projection_seed and args.projection_dim is None:
+        raise UsageError("--projection-seed sets the seed of --projection-dim D; give D too")
     try:
         spec = MeasurementSpec(
             group=args.group,
@@ -255,8 +256,15 @@ def analyze_main(argv: Sequence[str]) -> str:
             normalization=args.normalization,
             confidence=args.confidence,
             resamples=args.resamples,
-            projection=None if args.projection_dim is None else Projection(args.projection_dim),
+            projection=None
+            if args.projection_dim is None
+            else Projection(args.projection_dim, args.projection_seed),
         )
+    except (ValueError, TypeError) as error:
+        raise UsageError(str(error)) from None
+    if not args.checkpoint.is_file():
+        raise UsageError(f"checkpoint {args.checkpoint} does not exist")
+    try:
         config = args.config or find_config(args.checkpoint)
         if not config.is_file():
             raise FileNotFoundError(f"config {config} does not exist")

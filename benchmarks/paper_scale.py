@@ -80,7 +80,9 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             self.bytes = torch.cuda.max_memory_allocated(self.device) - self.base
         else:
-            self.bytes = self._rss_peak() - self.base
+            # the kernel keeps the resident set in per-thread counters that it folds in lazily,
+            # so a block that allocates nothing can read a few hundred KiB below its start
+            self.bytes = max(self._rss_peak() - self.base, 0)
 
 
 def _synchronize(device: torch.device) -> None:

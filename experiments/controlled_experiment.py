@@ -670,6 +670,14 @@ def headline_lines(rules: list[dict[str, Any]], max_fpr: float = 0.05) -> list[s
     return lines
 
 
+def _label(record: dict[str, Any]) -> str:
+    """``"variant seed S draw D group metric"``, the name of one measurement."""
+    return (
+        f"{record['variant']} seed {record['seed']} draw {record['draw']} {record['group']} "
+        f"{record['metric']}"
+    )
+
+
 def report_from_json(path: Path, settings: Settings, merge: list[Path] | None = None) -> str:
     """Rewrite RESULTS.md (and results.json) from a results.json of an earlier run.
 
@@ -681,11 +689,10 @@ def report_from_json(path: Path, settings: Settings, merge: list[Path] | None = 
     payload = json.loads(path.read_text())
     for extra_path in merge or []:
         extra = json.loads(extra_path.read_text())
-        covered = {
-            f"{r['variant']} seed {r['seed']} draw {r['draw']} {r['group']} {r['metric']}"
-            for r in extra["records"]
-        }
-        payload["records"] += extra["records"]
+        covered = {_label(r) for r in extra["records"]}
+        payload["records"] = [  # a measurement that a merged run repeated counts once
+            r for r in payload["records"] if _label(r) not in {_label(e) for e in extra["records"]}
+        ] + extra["records"]
         payload["skipped"] = [s for s in payload.get("skipped", []) if s not in covered]
         payload["skipped"] += extra.get("skipped", [])
         for stage, seconds in extra["stages"].items():
@@ -754,6 +761,7 @@ def _phases(settings: Settings) -> list[tuple[str, tuple[int, ...], tuple[int, .
         ("subspace", every_draw[1:], every_seed),
         ("gn_orbit", (0,), (0,)),
         ("gn_probes", (0,), every_seed[1:]),
+        ("gn_orbit", (0,), every_seed[1:]),
         ("gn_probes", every_draw[1:], every_seed),
         ("gn_orbit", every_draw[1:], every_seed),
     ]

@@ -3,6 +3,7 @@
 metrics) and its report has the structure and the known answers of the full run."""
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -89,3 +90,13 @@ def test_report_is_regenerated_from_the_json(quick_run):
     before = (out / "RESULTS.md").read_text()
     text = experiment.main(["--quick", "--out", str(out), "--from-json", str(out / "results.json")])
     assert text == before
+
+
+def test_merging_a_run_that_repeats_measurements_counts_each_once(quick_run, tmp_path):
+    experiment, payload, out = quick_run
+    source = str(out / "results.json")
+    experiment.main(["--quick", "--out", str(tmp_path), "--from-json", source, "--merge", source])
+    records = json.loads((tmp_path / "results.json").read_text())["records"]
+    assert len(records) == len(payload["records"])
+    labels = [experiment._label(r) for r in records]
+    assert len(set(labels)) == len(labels)

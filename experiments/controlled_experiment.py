@@ -448,9 +448,8 @@ def write_report(
     lines = [
         "# Controlled experiment: results",
         "",
-        f"Produced by `python experiments/controlled_experiment.py{' --quick' if settings.quick else ''}`"
-        f" in {total / 60:.1f} min of wall time on this machine (2 CPU cores shared with other "
-        "jobs; stage times below). Configs: `configs/experiment/base.yaml` + one variant file, "
+        f"Produced by `{command_line(settings)}` in {total / 60:.1f} min of wall time on this "
+        f"machine ({os.cpu_count()} CPU cores; stage times below). Configs: `configs/experiment/base.yaml` + one variant file, "
         f"run through the `symcoherence` LightningCLI with these overrides: {settings.grid}² grid, "
         f"{settings.trajectories} trajectories × {settings.frames} frames (split 60/30/10 % by "
         f"trajectory), {settings.steps} AdamW steps, seeds {seeds} (`seed_everything`: "
@@ -668,6 +667,24 @@ def headline_lines(rules: list[dict[str, Any]], max_fpr: float = 0.05) -> list[s
             f"{_rate(r['kolmogorov_inadmissible'])}"
         )
     return lines
+
+
+def command_line(settings: Settings) -> str:
+    """The command that reproduces ``settings`` (the options that differ from the defaults)."""
+    words = ["python experiments/controlled_experiment.py"]
+    reference = Settings()
+    if settings.quick:
+        words.append("--quick")
+        reference = reference.quick_size()
+    for name in ("variants", "metrics", "seeds", "draws", "probes", "steps"):
+        value = getattr(settings, name)
+        if value != getattr(reference, name):
+            shown = " ".join(value) if isinstance(value, tuple) else str(value)
+            words.append(f"--{name} {shown}")
+    if Path(settings.out).resolve() != reference.out.resolve():
+        out = Path(settings.out).resolve()
+        words.append(f"--out {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    return " ".join(words)
 
 
 def _label(record: dict[str, Any]) -> str:

@@ -141,6 +141,8 @@ def training_args(variant: str, seed: int, settings: Settings) -> list[str]:
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
         "--trainer.callbacks=[]",
+        # the CLI saves each run's config.yaml there (not in the working directory)
+        f"--trainer.default_root_dir={settings.cache_dir / 'experiment_runs' / variant}",
         f"{source}.n={settings.grid}",
         f"{source}.num_trajectories={settings.trajectories}",
         f"{source}.num_frames={settings.frames}",

@@ -85,6 +85,13 @@ def test_kolmogorov_solver_check_and_report(quick_run):
     assert "## Headline" in report
 
 
+def test_training_leaves_no_config_in_the_working_directory(quick_run):
+    experiment, payload, _ = quick_run
+    cache = Path(payload["settings"]["cache_dir"])
+    assert (cache / "experiment_runs" / "isotropic" / "config.yaml").is_file()
+    assert not (Path.cwd() / "config.yaml").exists()
+
+
 def test_report_is_regenerated_from_the_json(quick_run):
     experiment, _, out = quick_run
     before = (out / "RESULTS.md").read_text()

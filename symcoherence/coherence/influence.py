@@ -180,10 +180,9 @@ def orbit_influence(
         source = fmodel if projection is None else projection.bind(model, fmodel, metric)
         reducer = metric if projection is None else Identity()
         inputs, targets = _plain(inputs), _plain(targets)
-        kets = source.flat_grad_matrix(loss_fn, inputs, targets, chunk_size, randomness)
+        kets, ket_norm = source.flat_grad_matrix(loss_fn, inputs, targets, chunk_size, randomness)
         check_gradients(kets)
         everything = slice(0, inputs.shape[0])
-        ket_norm = source.row_norms(everything, kets)  # before any bra block is drawn
         bra_norm = kets.new_full((len(names), inputs.shape[0]), float("nan"))
 
         def bra_blocks() -> Iterator[tuple[int, slice, torch.Tensor]]:
@@ -193,8 +192,10 @@ def orbit_influence(
                     yield index, everything, kets
                     continue
                 moved = group.act_pair(element, inputs, targets, field_type, target_field_type)
-                for samples, block in source.flat_grads(loss_fn, *moved, chunk_size, randomness):
-                    bra_norm[index, samples] = source.row_norms(samples, block)
+                for samples, block, norms in source.flat_grads(
+                    loss_fn, *moved, chunk_size, randomness
+                ):
+                    bra_norm[index, samples] = norms
                     yield index, samples, block
 
         def orbit_inputs() -> Iterator[torch.Tensor]:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -371,14 +371,18 @@ class FunctionalModel:
             for (name, leaf), g in zip(leaves.items(), grads, strict=True)
         }
 
-    def flat_grads(self, loss_fn, inputs, targets, chunk_size="auto", randomness="error"):
-        """Yield ``(samples, (c, P))`` flat per-sample gradient blocks."""
+    def flat_grads(
+        self,
+        loss_fn: LossFn,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        chunk_size: ChunkSize = "auto",
+        randomness: Randomness = "error",
+    ) -> Iterator[GradientRows]:
+        """Yield ``(samples, (c, P) flat per-sample gradients, (c,) their Euclidean norms)``."""
         for samples, block in self.grad_blocks(loss_fn, inputs, targets, chunk_size, randomness):
-            yield samples, self.layout.flatten(block)
-
-    def row_norms(self, samples: slice, block: torch.Tensor) -> torch.Tensor:
-        """Euclidean norms ``(c,)`` of the gradients in a block (or matrix) this model yielded."""
-        return block.norm(dim=-1)
+            flat = self.layout.flatten(block)
+            yield GradientRows(samples, flat, flat.norm(dim=-1))
 
     def flat_grad_matrix(
         self,
@@ -387,12 +391,40 @@ class FunctionalModel:
         targets: torch.Tensor,
         chunk_size: ChunkSize = "auto",
         randomness: Randomness = "error",
-    ) -> torch.Tensor:
-        """All flat per-sample gradients as one ``(N, P)`` tensor, filled chunk by chunk."""
-        out = torch.empty(inputs.shape[0], self.layout.size, dtype=self.dtype, device=self.device)
-        for samples, block in self.flat_grads(loss_fn, inputs, targets, chunk_size, randomness):
-            out[samples] = block
-        return out
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All flat per-sample gradients ``(N, P)`` and their norms ``(N,)``, chunk by chunk."""
+        blocks = self.flat_grads(loss_fn, inputs, targets, chunk_size, randomness)
+        return gather_rows(blocks, inputs.shape[0], self.layout.size, self.dtype, self.device)
+
+
+class GradientRows(NamedTuple):
+    """One chunk of flat per-sample gradients.
+
+    Attributes:
+        samples: which samples of the call the rows are.
+        rows: the gradients as rows ``(c, width)`` (``width`` = ``P``, or ``d`` when projected).
+        norms: ``(c,)`` Euclidean norms of the unprojected, unscaled gradients (``rows.norm(-1)``
+            for exact gradients; see :mod:`~symcoherence.coherence.projection` otherwise).
+    """
+
+    samples: slice
+    rows: torch.Tensor
+    norms: torch.Tensor
+
+
+def gather_rows(
+    blocks: Iterable[GradientRows],
+    num: int,
+    width: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fill an ``(num, width)`` matrix and its ``(num,)`` norms from chunks of rows."""
+    matrix = torch.empty(num, width, dtype=dtype, device=device)
+    norms = torch.empty(num, dtype=dtype, device=device)
+    for samples, rows, row_norms in blocks:
+        matrix[samples], norms[samples] = rows, row_norms
+    return matrix, norms
 
 
 def _tied_aliases(model: nn.Module) -> dict[str, str]:
@@ -586,7 +618,7 @@ def per_sample_grads(
         fmodel = FunctionalModel(model, parameter_filter)
         inputs, targets = _plain(inputs), _plain(targets)
         if flatten:
-            return fmodel.flat_grad_matrix(loss_fn, inputs, targets, chunk_size, randomness)
+            return fmodel.flat_grad_matrix(loss_fn, inputs, targets, chunk_size, randomness)[0]
         blocks = [
             block
             for _, block in fmodel.grad_blocks(loss_fn, inputs, targets, chunk_size, randomness)
@@ -596,7 +628,9 @@ def per_sample_grads(
 
 __all__ = [
     "FunctionalModel",
+    "GradientRows",
     "ParameterLayout",
+    "gather_rows",
     "per_sample_grads",
     "resolve_chunk_size",
     "select_parameters",

@@ -46,7 +46,7 @@ exact. Hence the default ``d = 2^20`` (4 MiB per probe in float32), which keeps 
 about a million parameters exact.
 
 Norms: the distribution transfer divides by the Euclidean norm ``‖b‖`` of each unprojected,
-unscaled gradient. :meth:`ProjectedGradients.row_norms` gives it exactly over the count-sketched
+unscaled gradient. :meth:`ProjectedGradients.flat_grads` yields it exactly over the count-sketched
 tensors and, over the Kronecker-projected weights, as the norm of their projection; under a metric
 each Kronecker term gets an unscaled twin (same factors, its own zero parameter) for that purpose.
 
@@ -87,10 +87,12 @@ from symcoherence.coherence.metrics import DiagonalMetric, Metric
 from symcoherence.coherence.per_sample import (
     ChunkSize,
     FunctionalModel,
+    GradientRows,
     LossFn,
     ParameterLayout,
     Randomness,
     _tied_aliases,
+    gather_rows,
 )
 
 DEFAULT_DIM = 2**20
@@ -310,7 +312,7 @@ class ProjectedGradients:
     r"""Per-sample gradients projected to ``d`` numbers, with the interface of the exact ones.
 
     :meth:`flat_grads` and :meth:`flat_grad_matrix` yield ``(c, d)`` blocks and an ``(N, d)``
-    matrix where :class:`~symcoherence.coherence.per_sample.FunctionalModel` yields ``(c, P)`` and
+    matrix (each with the Euclidean norms of the unprojected gradients) where :class:`~symcoherence.coherence.per_sample.FunctionalModel` yields ``(c, P)`` and
     ``(N, P)``; ``layout`` names the columns of each parameter tensor in the projected vector.
 
     Args:
@@ -358,7 +360,7 @@ class ProjectedGradients:
                 self.plans[name] = _Kronecker(module, key, ranks, part, generator, like)
         self._kronecker = {n: p for n, p in self.plans.items() if isinstance(p, _Kronecker)}
         # with a metric the Kronecker terms project σ ⊙ G; an unscaled twin term (same factors)
-        # projects G itself, for the Euclidean gradient norms of row_norms
+        # projects G itself, for the Euclidean gradient norms that flat_grads yields
         self._unscaled = {
             name: plan.unscaled()
             for name, plan in self._kronecker.items()
@@ -376,7 +378,6 @@ class ProjectedGradients:
             [*self._sources.values(), *self._unscaled_sources.values()],
             budget_params=layout.size,
         )
-        self._norms = torch.empty(0)
         self.layout = ParameterLayout(
             {name: torch.empty(plan.dim, device="meta") for name, plan in self.plans.items()}
         )
@@ -408,8 +409,14 @@ class ProjectedGradients:
         targets: torch.Tensor,
         chunk_size: ChunkSize = "auto",
         randomness: Randomness = "error",
-    ) -> Iterator[tuple[slice, torch.Tensor]]:
-        """Yield ``(samples, (c, d))`` projected per-sample gradient blocks.
+    ) -> Iterator[GradientRows]:
+        """Yield ``(samples, (c, d) projected gradients, (c,) norms)`` per chunk of samples.
+
+        The norms are those of the unprojected, unscaled gradients (see the module docstring):
+        exact over the count-sketched tensors (their flat gradients exist) and, over the
+        Kronecker-projected weights, the norm of their projection without the metric's scale
+        (exact where the factors are complete, unbiased in square otherwise), so that statistics
+        normalized by ``‖a‖`` mean the same as without a projection.
 
         Raises:
             ValueError: on the first call, if the loss does not depend on some selected
@@ -423,21 +430,17 @@ class ProjectedGradients:
             expected = self.project({n: g.unsqueeze(0) for n, g in exact.items()})
             del exact
         blocks = self._functional.flat_grads(loss_fn, inputs, targets, chunk_size, randomness)
-        self._norms = torch.full(
-            (inputs.shape[0],), float("nan"), dtype=self.fmodel.dtype, device=self.device
-        )
         while True:
             with self._hooks():
                 item = next(blocks, None)
             if item is None:
                 return
-            samples, block = item
-            projected, self._norms[samples] = self._assemble(block)
+            projected, norms = self._assemble(item.rows)
             if expected is not None:
                 self._check(projected[:1], expected)
                 expected = None
             self._checked = True
-            yield samples, projected
+            yield GradientRows(item.samples, projected, norms)
 
     def flat_grad_matrix(
         self,
@@ -446,32 +449,15 @@ class ProjectedGradients:
         targets: torch.Tensor,
         chunk_size: ChunkSize = "auto",
         randomness: Randomness = "error",
-    ) -> torch.Tensor:
-        """All projected per-sample gradients as one ``(N, d)`` tensor."""
-        out = torch.empty(
-            inputs.shape[0], self.layout.size, dtype=self.fmodel.dtype, device=self.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All projected per-sample gradients ``(N, d)`` and their norms ``(N,)``."""
+        blocks = self.flat_grads(loss_fn, inputs, targets, chunk_size, randomness)
+        return gather_rows(
+            blocks, inputs.shape[0], self.layout.size, self.fmodel.dtype, self.device
         )
-        for samples, block in self.flat_grads(loss_fn, inputs, targets, chunk_size, randomness):
-            out[samples] = block
-        return out
-
-    def row_norms(self, samples: slice, block: torch.Tensor) -> torch.Tensor:
-        """Euclidean norms ``‖a‖`` ``(c,)`` of the unprojected, unscaled gradients of ``samples``.
-
-        Valid for the block (or matrix) just yielded by :meth:`flat_grads` (or returned by
-        :meth:`flat_grad_matrix`), before the next call: exact over the count-sketched tensors
-        (their flat gradients exist) and, over the Kronecker-projected weights, the norm of their
-        projection without the metric's scale (exact where the factors are complete, unbiased in
-        square otherwise), so that statistics normalized by ``‖a‖`` mean the same as without a
-        projection.
-        """
-        return self._norms[samples]
 
     def _assemble(self, block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gradients of the reparametrized model ``(c, P')`` -> projected ``(c, d)`` and norms.
-
-        The norms ``(c,)`` are those of :meth:`row_norms`.
-        """
+        """Gradients of the reparametrized model ``(c, P')`` -> projected ``(c, d)`` and norms."""
         slices = self._functional.layout.slices
         parts, squares = [], block.new_zeros(block.shape[0])
         for name, plan in self.plans.items():

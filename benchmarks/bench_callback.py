@@ -29,8 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from common import TimedMonitor  # noqa: E402
 from helpers.tiny import TinyData, TinyModule, trainer  # noqa: E402
-from timing import TimedMonitor  # noqa: E402
 
 import symcoherence as sc  # noqa: E402
 from symcoherence.coherence import GaussNewton  # noqa: E402

@@ -32,20 +32,9 @@ import sys
 import time
 
 import torch
+from common import GRID, GROUP, KIND, N, build, status_kib
 
 import symcoherence as sc
-from symcoherence.models import FNO2d, UNet2d
-
-GRID, N, GROUP, KIND = 64, 16, sc.groups.D4(), sc.FieldType(["pseudoscalar"])
-
-
-def build(name: str):
-    torch.manual_seed(0)
-    model = {"unet": UNet2d, "fno": FNO2d}[name](1, 1, preset="small").eval()
-    generator = torch.Generator().manual_seed(1)
-    x = torch.randn(N, 1, GRID, GRID, generator=generator)
-    y = torch.randn(N, 1, GRID, GRID, generator=generator)
-    return model, x, y
 
 
 def num_params(model) -> int:
@@ -95,14 +84,6 @@ def timed(fn, repeats: int) -> float:
     return best
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}; this memory method needs Linux")
-
-
 def chunk_arg(text: str):
     return text if text == "auto" else int(text)
 
@@ -118,12 +99,12 @@ def peak_rss_child(name: str, what: str, threads: int) -> None:
     sc.orbit_influence(model, sc.smse, x[:2], y[:2], GROUP, KIND, elements=GROUP.elements[:2])
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")  # reset the peak (VmHWM) to the current resident set
-    before = _status_kib("VmRSS")
+    before = status_kib("VmRSS")
     if kind == "engine":
         engine(model, x, y, chunk_size=chunk_arg(chunk))
     else:
         batched_step(model, x, y)
-    print(json.dumps({"extra_bytes": (_status_kib("VmHWM") - before) * 1024}))
+    print(json.dumps({"extra_bytes": (status_kib("VmHWM") - before) * 1024}))
 
 
 def chunk_sweep(name: str, model, x, y, dense_bytes: int, args: argparse.Namespace) -> None:

@@ -21,21 +21,10 @@ import time
 import warnings
 
 import torch
+from common import GRID, GROUP, KIND, N, build
 
 import symcoherence as sc
 from symcoherence.coherence import GaussNewton
-from symcoherence.models import FNO2d, UNet2d
-
-GRID, N, GROUP, KIND = 64, 16, sc.groups.D4(), sc.FieldType(["pseudoscalar"])
-
-
-def build(name: str):
-    torch.manual_seed(0)
-    model = {"unet": UNet2d, "fno": FNO2d}[name](1, 1, preset="small").eval()
-    generator = torch.Generator().manual_seed(1)
-    x = torch.randn(N, 1, GRID, GRID, generator=generator)
-    y = torch.randn(N, 1, GRID, GRID, generator=generator)
-    return model, x, y
 
 
 def run(model, x, y, metric) -> tuple[sc.OrbitInfluence, float, bool]:

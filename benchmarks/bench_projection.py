@@ -28,6 +28,7 @@ import sys
 import time
 
 import torch
+from common import status_kib
 
 import symcoherence as sc
 from symcoherence.coherence import Projection
@@ -55,14 +56,6 @@ def build(name: str, width: int):
     return model.eval(), x, y, dict(kwargs, parameter_filter=spectral)
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}; this memory method needs Linux")
-
-
 def child(name: str, dim: int, threads: int, width: int) -> None:
     """Runs in a subprocess: one measurement (``dim`` 0: exact), printed as JSON."""
     torch.set_num_threads(threads)
@@ -73,11 +66,11 @@ def child(name: str, dim: int, threads: int, width: int) -> None:
         sc.orbit_influence(model, sc.smse, x[:2], y[:2], projection=projection, **warm)
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")  # reset the peak (VmHWM) to the current resident set
-    before = _status_kib("VmRSS")
+    before = status_kib("VmRSS")
     start = time.perf_counter()
     result = sc.orbit_influence(model, sc.smse, x, y, projection=projection, **kwargs)
     seconds = time.perf_counter() - start
-    extra = (_status_kib("VmHWM") - before) * 1024
+    extra = (status_kib("VmHWM") - before) * 1024
     print(json.dumps({"ratio": result.ratio.tolist(), "seconds": seconds, "extra_bytes": extra}))
 
 

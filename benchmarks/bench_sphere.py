@@ -22,7 +22,7 @@ import time
 
 import lightning as L
 import torch
-from timing import TimedMonitor
+from common import TimedMonitor
 
 from symcoherence.coherence import GaussNewton
 from symcoherence.data import SphericalShallowWaterDataModule

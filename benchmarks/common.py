@@ -1,8 +1,33 @@
-"""Timing helpers shared by the benchmark scripts."""
+"""Helpers shared by the benchmark scripts: the small-preset problem, peak memory, a timed monitor."""
 
 import time
 
+import torch
+
 import symcoherence as sc
+from symcoherence.models import FNO2d, UNet2d
+
+# the engine and solver benchmarks' problem: small presets on 64² fields, D4 (K = 8), N = 16
+GRID, N, GROUP, KIND = 64, 16, sc.groups.D4(), sc.FieldType(["pseudoscalar"])
+
+
+def build(name: str):
+    """``(model, x, y)``: the ``"unet"`` or ``"fno"`` small preset in eval mode, random probes."""
+    torch.manual_seed(0)
+    model = {"unet": UNet2d, "fno": FNO2d}[name](1, 1, preset="small").eval()
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(N, 1, GRID, GRID, generator=generator)
+    y = torch.randn(N, 1, GRID, GRID, generator=generator)
+    return model, x, y
+
+
+def status_kib(field: str) -> int:
+    """A ``/proc/self/status`` field in KiB (e.g. ``VmRSS``, ``VmHWM``); Linux only."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}; this memory method needs Linux")
 
 
 class TimedMonitor(sc.OrbitCoherenceMonitor):

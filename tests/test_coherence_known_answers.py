@@ -3,7 +3,7 @@ negative controls give ρ < 1; invariances of the normalized outputs."""
 
 import pytest
 import torch
-from helpers.zoo import PSEUDO, SCALAR, GroupAveraged, data, make  # noqa: F401
+from helpers.zoo import PSEUDO, SCALAR, GroupAveraged, data, make, stepped_adam  # noqa: F401
 
 import symcoherence as sc
 from symcoherence.coherence import Adam, GaussNewton, Identity
@@ -13,19 +13,10 @@ D4 = sc.groups.D4()
 SHIFTS = sc.groups.Shifts(shifts=[(1, 0), (0, 2), (3, 5)])
 
 
-def trained_adam(model, x, y):
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(2):
-        optimizer.zero_grad()
-        torch.func.vmap(sc.smse)(model(x), y).mean().backward()
-        optimizer.step()
-    return optimizer
-
-
 def metric_named(name, model=None, x=None, y=None):
     """The metric under test; ``adam`` first trains ``model`` for two steps to fill its state."""
     if name == "adam":
-        return Adam(trained_adam(model, x, y))
+        return Adam(stepped_adam(model, x, y))
     return {
         "identity": Identity(),
         "gn_cg": GaussNewton(tol=1e-11, max_iter=3000),

@@ -11,7 +11,7 @@ used outside its layer's forward.
 
 import pytest
 import torch
-from helpers.zoo import PSEUDO, SCALAR, GroupAveraged, circular_conv, data, make
+from helpers.zoo import PSEUDO, SCALAR, GroupAveraged, circular_conv, data, make, stepped_adam
 from torch import nn
 
 import symcoherence as sc
@@ -54,15 +54,6 @@ class ReusedWeight(Mixer):
 def mixer(cls=Mixer, dtype=torch.float64):
     torch.manual_seed(0)
     return cls().to(dtype)
-
-
-def stepped_adam(model, x, y):
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(2):
-        optimizer.zero_grad()
-        torch.func.vmap(sc.smse)(model(x), y).mean().backward()
-        optimizer.step()
-    return optimizer
 
 
 def bound(model, dim, metric=None, seed=0):

@@ -19,8 +19,8 @@ from helpers.stand_ins import (
     SharedConv,
     TiedConv,
 )
-from helpers.zoo import PSEUDO, SCALAR, cast, data, make
-from torch.func import functional_call, grad, vmap
+from helpers.zoo import PSEUDO, SCALAR, cast, data, make, stepped_adam
+from torch.func import functional_call, grad
 
 import symcoherence as sc
 from symcoherence.coherence import GaussNewton
@@ -196,15 +196,6 @@ def test_shared_and_tied_weights_get_the_gradient_of_every_use(cls):
 # --- complex parameters under every metric and chunk size ------------------------------------
 
 
-def stepped_adam(model, x, y):
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(3):
-        optimizer.zero_grad()
-        vmap(sc.smse)(model(x), y).mean().backward()
-        optimizer.step()
-    return optimizer
-
-
 METRICS = [
     "identity",
     "adam",
@@ -222,7 +213,7 @@ def test_complex_parameters_match_reference(metric, chunk_size, dtype):
     x, y = data(dtype=dtype)
     kwargs = dict(group=sc.groups.D4(), field_type=PSEUDO, elements=ELEMENTS)
     if metric == "adam":
-        kwargs.update(metric="adam", optimizer=stepped_adam(model, x, y))
+        kwargs.update(metric="adam", optimizer=stepped_adam(model, x, y, steps=3))
     elif metric.startswith("gauss_newton"):
         solver = metric.removeprefix("gauss_newton_")
         tol = 1e-12 if dtype == torch.float64 else 1e-6

@@ -1,4 +1,5 @@
-"""Tiny models shared by the coherence tests (the "zoo" of the issue) and an inline group average."""
+"""Tiny models shared by the coherence tests (the "zoo" of the issue), an inline group average and
+an Adam optimizer with filled state."""
 
 import torch
 from torch import nn
@@ -133,3 +134,13 @@ def data(n=4, channels=1, grid=GRID, dtype=torch.float64, seed=1):
 
 PSEUDO = sc.FieldType(["pseudoscalar"])
 SCALAR = sc.FieldType(["scalar"])
+
+
+def stepped_adam(model, x, y, steps=2):
+    """A ``torch.optim.Adam`` of ``model`` after ``steps`` steps on ``(x, y)`` (its moments filled)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.func.vmap(sc.smse)(model(x), y).mean().backward()
+        optimizer.step()
+    return optimizer

@@ -109,7 +109,7 @@ def peak_rss_child(name: str, what: str, threads: int) -> None:
 
 def chunk_sweep(name: str, model, x, y, dense_bytes: int, args: argparse.Namespace) -> None:
     """Memory and time of ``chunk_size="auto"`` beside fixed chunk sizes (interleaved repeats)."""
-    chunks = ["auto", 1, 2, 4, 8]
+    chunks = ["auto", 1, 2, 4, 8, 16]
     seconds = dict.fromkeys(chunks, float("inf"))
     for _ in range(args.repeats):
         for chunk in chunks:

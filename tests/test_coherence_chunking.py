@@ -67,7 +67,7 @@ class Counting(nn.Module):
     ],
 )
 def test_activations_shrink_automatic_chunks(activations, expected):
-    # N·P·b/2 = 16 · 10⁴ · 4 / 2 = 320 kB lies below the 16 MiB CPU floor
+    # N·P·b = 16 · 10⁴ · 4 = 640 kB lies below the 16 MiB CPU floor
     got = resolve_chunk_size("auto", 16, 10_000, torch.float32, CPU, activation_bytes=activations)
     assert got == expected
 
@@ -76,9 +76,9 @@ def test_activations_shrink_automatic_chunks(activations, expected):
     ("device", "num_samples", "expected"),
     [
         (CUDA, 8, 8),  # the 1 GiB floor off the CPU holds 63 samples, but there are 8
-        (CUDA, 100, 63),  # N·P·b/2 = 2 MB: the floor, 1 GiB / 16.9 MB = 63.5
-        (CUDA, 100_000, 118),  # N·P·b/2 = 2 GB: 118 samples
-        (CUDA, 10**6, 254),  # N·P·b/2 = 20 GB, capped at 4 GiB: 254 samples (cap 256)
+        (CUDA, 100, 63),  # N·P·b = 4 MB: the floor, 1 GiB / 16.9 MB = 63.5
+        (CUDA, 100_000, 236),  # N·P·b = 4 GB: 236 samples
+        (CUDA, 10**6, 254),  # N·P·b = 40 GB, capped at 4 GiB: 254 samples (cap 256)
         (CPU, 10**6, 8),  # capped at 256 MiB on CPU: 15 samples, capped at 8
     ],
 )
@@ -86,6 +86,21 @@ def test_budget_follows_the_returned_gradients_within_bounds(device, num_samples
     activations = 8 * MIB  # per sample 2 · 8 MiB + 3 · 4 · 10⁴ B = 16.9 MB
     got = resolve_chunk_size(
         "auto", num_samples, 10_000, torch.float32, device, activation_bytes=activations
+    )
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("activations", "expected"),
+    [
+        (MIB // 2, 18),  # 16 MiB / (1.6 · 0.5 MiB + 2 · 40 kB) = 18.5: no CPU cap of 8
+        (3 * MIB, 3),  # 16 MiB / (1.6 · 3 MiB + 2 · 40 kB) = 3.3: no switch to the loop below 4
+        (11 * MIB, 1),  # 0.9
+    ],
+)
+def test_a_batched_backward_costs_less_per_sample_and_is_not_capped(activations, expected):
+    got = resolve_chunk_size(
+        "auto", 64, 10_000, torch.float32, CPU, activation_bytes=activations, batched_backward=True
     )
     assert got == expected
 
@@ -114,7 +129,7 @@ def test_saved_bytes_counts_each_saved_activation_once_and_no_parameters():
 def test_the_first_sample_sizes_the_chunks_and_runs_once():
     net = Counting(wide_net())
     x, y = fields(6, 96)
-    fmodel = FunctionalModel(net)
+    fmodel = FunctionalModel(net, layer_hooks=False)
     with sc.coherence.per_sample.grad_mode():
         blocks = list(fmodel.grad_blocks(sc.smse, x, y, chunk_size="auto"))
     sizes = [samples.stop - samples.start for samples, _ in blocks]
@@ -128,10 +143,25 @@ def test_the_first_sample_sizes_the_chunks_and_runs_once():
 def test_small_activations_keep_wide_vmapped_chunks():
     net = Counting(tiny_net().double())
     x, y = fields(10, 8)
-    fmodel = FunctionalModel(net)
+    fmodel = FunctionalModel(net, layer_hooks=False)
     with sc.coherence.per_sample.grad_mode():
         blocks = list(fmodel.grad_blocks(sc.smse, x, y, chunk_size="auto"))
     assert [samples.stop - samples.start for samples, _ in blocks] == [1, 8, 1]
+    assert net.calls == 3
+    expected = reference_grads(net, sc.smse, x, y, list(net.parameters()))
+    got = torch.cat([fmodel.layout.flatten(block) for _, block in blocks])
+    torch.testing.assert_close(got, expected, **TOLERANCES["fp64"])
+
+
+def test_layer_hooks_batch_past_the_vmap_cap_after_one_check():
+    net = Counting(tiny_net().double())
+    x, y = fields(10, 8)
+    fmodel = FunctionalModel(net)
+    with sc.coherence.per_sample.grad_mode():
+        blocks = list(fmodel.grad_blocks(sc.smse, x, y, chunk_size="auto"))
+    assert fmodel.engine == "layers"
+    assert [samples.stop - samples.start for samples, _ in blocks] == [1, 9]
+    # the measured first sample, the hooks checked once on two samples against it, one chunk
     assert net.calls == 3
     expected = reference_grads(net, sc.smse, x, y, list(net.parameters()))
     got = torch.cat([fmodel.layout.flatten(block) for _, block in blocks])

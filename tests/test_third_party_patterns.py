@@ -1,10 +1,13 @@
 """Patterns of third-party models, reproduced by in-repo stand-ins, against the loop reference.
 
 In-place writes and old-style autograd.Functions that ``vmap`` rejects fall back to the
-per-sample loop with one warning; parameters the loss does not depend on raise one clear error on
+per-sample loop with one warning (or, where standard layers own every parameter, run through layer
+hooks without one); parameters the loss does not depend on raise one clear error on
 every path; modules whose hash reads tensor data and tied weights work; complex parameters work
 under every metric and chunk size.
 """
+
+import warnings
 
 import pytest
 import torch
@@ -16,6 +19,7 @@ from helpers.stand_ins import (
     InPlaceSpectral,
     PartlyUnused,
     RandomNoise,
+    ScaledCustomFunction,
     SharedConv,
     TiedConv,
 )
@@ -55,7 +59,7 @@ def loop_reference(model, x, y):
 @pytest.mark.parametrize("chunk_size", VMAPPED)
 @pytest.mark.parametrize(
     ("cls", "cause"),
-    [(InPlaceSpectral, "inplace arithmetic"), (CustomFunction, "setup_context")],
+    [(InPlaceSpectral, "inplace arithmetic"), (ScaledCustomFunction, "setup_context")],
     ids=["in_place_write", "custom_function"],
 )
 def test_vmap_failures_fall_back_to_the_loop_once(cls, cause, chunk_size):
@@ -67,6 +71,18 @@ def test_vmap_failures_fall_back_to_the_loop_once(cls, cause, chunk_size):
     assert len(record) == 1  # once per call, not once per chunk
     assert cause in str(record[0].message)  # names the cause
     torch.testing.assert_close(got, loop, **sc.testing.TOLERANCES["exact"])
+    close(got, loop_reference(model, x, y))
+
+
+@pytest.mark.parametrize("chunk_size", VMAPPED)
+def test_layer_hooks_batch_a_custom_function_that_vmap_refuses(chunk_size):
+    # every parameter belongs to an nn.Conv2d, so one batched backward with layer hooks gives the
+    # per-sample gradients; plain autograd runs the old-style Function, and nothing warns
+    model = build(CustomFunction)
+    x, y = data(n=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = sc.per_sample_grads(model, sc.smse, x, y, chunk_size=chunk_size, flatten=True)
     close(got, loop_reference(model, x, y))
 
 

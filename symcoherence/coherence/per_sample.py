@@ -1,10 +1,13 @@
 r"""Per-sample loss gradients with ``torch.func``: ``a_n = ∇θ loss(f_θ(x_n), y_n)`` for every ``n``.
 
 The model is called functionally (``functional_call``) on a detached copy of its parameters and
-buffers, and ``vmap(grad(·))`` batches the per-sample gradient over samples, in chunks whose size is
-picked so that the batched path is never slower than a Python loop on CPU and its memory (the
-activations and gradients of the chunk's samples, measured on the first sample) stays within half
-of what the returned gradients take (see :func:`resolve_chunk_size`). Complex parameters (spectral
+buffers. Where every selected parameter belongs to a standard layer (``nn.Linear``, ``nn.Conv2d``,
+``nn.GroupNorm``, ``nn.LayerNorm``), one batched backward with layer hooks gives a chunk's
+per-sample gradients (:mod:`~symcoherence.coherence.layer_grads`, checked once against plain
+autograd); otherwise ``vmap(grad(·))`` batches them. Chunks are sized so that their memory (the
+activations and gradients of the chunk's samples, measured on the first sample) stays within what
+the returned gradients take (see :func:`resolve_chunk_size`), and so that the batched path is never
+slower than a Python loop on CPU. Complex parameters (spectral
 layers) are flattened as pairs of real numbers, so the flat inner product is the real Euclidean
 one, ``⟨b, a⟩ = Σ Re(b̄ a)``.
 
@@ -38,20 +41,28 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from symcoherence.coherence.layer_grads import HookMismatch, LayerGradients
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ParameterFilter = Callable[[str, nn.Parameter], bool] | Iterable[str] | None
 ChunkSize = int | Literal["auto"] | None
 Randomness = Literal["error", "different", "same"]
+Engine = Literal["layers", "vmap", "loop"]
 
-# An automatic chunk's working memory may take half the bytes of the call's N exact gradients,
-# clamped to these bounds per device type (below the floor memory is not worth a slower loop) ...
-_AUTO_CHUNK_FRACTION = 0.5
+# An automatic chunk's working memory may take the bytes of the call's N exact gradients, clamped
+# to these bounds per device type (below the floor memory is not worth a slower loop) ...
+_AUTO_CHUNK_FRACTION = 1.0
 _AUTO_CHUNK_BYTES = {"cpu": (16 * 2**20, 256 * 2**20), "other": (2**30, 4 * 2**30)}
 # ... where one sample of a vmapped chunk costs about this many times the activations its forward
 # saves for the backward (measured on the small U-Net and FNO presets: 2.2 and 1.6), plus its
 # gradient three times (the per-parameter gradients, their flat copy and one product with it).
 _AUTO_ACTIVATION_FACTOR = 2
 _AUTO_GRADIENT_COPIES = 3
+# A chunk through layer hooks (one batched backward) holds its activations and the layer inputs
+# that the hooks keep (1.6 A per sample, measured on the small U-Net at 64²), and each sample's
+# gradient in one flat row plus one product with it.
+_LAYERS_ACTIVATION_FACTOR = 1.6
+_LAYERS_GRADIENT_COPIES = 2
 # At most this many samples per chunk on CPU, where very wide vmapped kernels lose to a loop, ...
 _AUTO_CHUNK_CPU_CAP = 8
 _AUTO_CHUNK_GPU_CAP = 256
@@ -247,6 +258,7 @@ class FunctionalModel:
         parameter_filter: ParameterFilter = None,
         *,
         budget_params: int | None = None,
+        layer_hooks: bool = True,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -263,7 +275,9 @@ class FunctionalModel:
         self.dtype = first.real.dtype if first.is_complex() else first.dtype
         self._aliases = _tied_aliases(model)
         self._connected = False  # set once the first sample proved every parameter is used
-        self._loop_only = False  # set once vmap failed for a reason the loop avoids
+        self._layers = LayerGradients.covering(model, self.params) if layer_hooks else None
+        self._layers_checked = False  # set once the hooks reproduced one plain gradient
+        self.engine: Engine = "vmap" if self._layers is None else "layers"
 
     def __call__(self, params: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
         """``f_θ(inputs)`` for a batch ``(B, C, H, W)``."""
@@ -289,34 +303,53 @@ class FunctionalModel:
         chunk_size: ChunkSize = "auto",
         randomness: Randomness = "error",
     ) -> Iterator[tuple[slice, dict[str, torch.Tensor]]]:
-        """Yield ``(samples, {name: (c, *shape)})`` per chunk of samples.
+        """Yield ``(samples, {name: (c, *shape)})`` per chunk of samples (see :meth:`_chunks`)."""
+        for samples, block in self._chunks(loss_fn, inputs, targets, chunk_size, randomness):
+            yield samples, self.layout.unflatten(block) if torch.is_tensor(block) else block
+
+    def _chunks(
+        self,
+        loss_fn: LossFn,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        chunk_size: ChunkSize,
+        randomness: Randomness,
+    ) -> Iterator[tuple[slice, dict[str, torch.Tensor] | torch.Tensor]]:
+        """Yield ``(samples, gradients)`` per chunk: ``{name: (c, *shape)}`` or flat ``(c, P)``.
 
         With ``chunk_size="auto"``, and on the first call, the first sample runs alone through
         plain autograd: its forward measures the activation memory that sizes the automatic
         chunks (:func:`resolve_chunk_size`), and the first call checks that the loss depends on
-        every selected parameter. The other samples follow in chunks.
+        every selected parameter. The other samples follow in chunks, through layer hooks where
+        they cover the model (:attr:`engine` ``"layers"``), else ``vmap`` or the loop.
 
         Raises:
             ValueError: if the loss on the first sample does not depend on some selected
                 parameters (checked on the first call only).
         """
         num = inputs.shape[0]
-        start, activation_bytes = 0, None
+        start, activation_bytes, first = 0, None, None
         if chunk_size == "auto" or not self._connected:
             with SavedBytes(exclude=[*self.params.values(), *self.constants.values()]) as saved:
                 first = self._autograd_grad(loss_fn, inputs[0], targets[0])
             activation_bytes, start = saved.total, 1
             yield slice(0, 1), {name: g.unsqueeze(0) for name, g in first.items()}
-        size = resolve_chunk_size(
-            chunk_size,
-            num,
-            self.layout.size,
-            self.dtype,
-            self.device,
-            activation_bytes=activation_bytes,
-            budget_params=self.budget_params,
-        )
-        loop = self._loop_only or (size == 1 and randomness == "error")
+        if start == num:
+            return
+        if randomness != "error" and self.engine == "layers":
+            self.engine = "vmap"  # active dropout: only vmap controls the masks per sample
+        size = self._chunk_size(chunk_size, num, activation_bytes)
+        if self.engine == "layers" and size > 1 and not self._layers_checked:
+            if first is None:
+                first = self._autograd_grad(loss_fn, inputs[0], targets[0])
+            self._check_layers(loss_fn, inputs, targets, first)
+            size = self._chunk_size(chunk_size, num, activation_bytes)
+        loop = self.engine == "loop" or (size == 1 and randomness == "error")
+        if self.engine == "layers" and not loop:
+            for begin in range(start, num, size):
+                samples = slice(begin, min(begin + size, num))
+                yield samples, self._layer_grads(loss_fn, inputs[samples], targets[samples])
+            return
         batched = vmap(grad(self.sample_loss(loss_fn)), in_dims=(None, 0, 0), randomness=randomness)
         for begin in range(start, num, size):
             samples = slice(begin, min(begin + size, num))
@@ -337,9 +370,57 @@ class FunctionalModel:
             ]
             yield samples, {name: torch.stack([p[name] for p in parts]) for name in parts[0]}
 
+    def _layer_grads(
+        self, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        """Flat per-sample gradients ``(c, P)`` of a chunk from one batched backward with hooks."""
+        flat = torch.empty(inputs.shape[0], self.layout.size, dtype=self.dtype, device=self.device)
+        out = self.layout.unflatten(flat)
+        self._layers(lambda x: self(self.params, x), loss_fn, inputs, targets, out=out)
+        return flat
+
+    def _chunk_size(self, chunk_size: ChunkSize, num: int, activation_bytes: int | None) -> int:
+        """:func:`resolve_chunk_size` for this model's engine."""
+        return resolve_chunk_size(
+            chunk_size,
+            num,
+            self.layout.size,
+            self.dtype,
+            self.device,
+            activation_bytes=activation_bytes,
+            budget_params=self.budget_params,
+            batched_backward=self.engine == "layers",
+        )
+
+    def _check_layers(
+        self,
+        loss_fn: LossFn,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        reference: dict[str, torch.Tensor],
+    ) -> None:
+        """Keep the layer hooks only if they give ``reference``, the first sample's gradient.
+
+        Hooks see only what passes through the covered layers' ``forward``; a parameter used
+        elsewhere too, or samples that interact, would give wrong gradients, not an error. The
+        first two samples run as one batch, so that an interaction between them shows.
+        """
+        pair = slice(0, min(2, inputs.shape[0]))
+        try:
+            got = self._layer_grads(loss_fn, inputs[pair], targets[pair])
+        except (HookMismatch, RuntimeError):
+            self.engine = "vmap"
+            return
+        expected = self.layout.flatten({n: g.unsqueeze(0) for n, g in reference.items()})[0]
+        difference = got[0] - expected
+        tolerance = 10 * torch.finfo(self.dtype).eps ** 0.5 * expected.norm()
+        self._layers_checked = True
+        if not bool(difference.norm() <= tolerance):
+            self.engine = "vmap"
+
     def _switch_to_loop(self, error: RuntimeError) -> None:
         """Use the per-sample loop from now on, and say why, once."""
-        self._loop_only = True
+        self.engine = "loop"
         warnings.warn(
             f"vmap cannot batch this model's per-sample gradients ({type(error).__name__}: "
             f"{error}); falling back to a per-sample loop; pass chunk_size=1 to choose it "
@@ -380,8 +461,8 @@ class FunctionalModel:
         randomness: Randomness = "error",
     ) -> Iterator[GradientRows]:
         """Yield ``(samples, (c, P) flat per-sample gradients, (c,) their Euclidean norms)``."""
-        for samples, block in self.grad_blocks(loss_fn, inputs, targets, chunk_size, randomness):
-            flat = self.layout.flatten(block)
+        for samples, block in self._chunks(loss_fn, inputs, targets, chunk_size, randomness):
+            flat = block if torch.is_tensor(block) else self.layout.flatten(block)
             yield GradientRows(samples, flat, flat.norm(dim=-1))
 
     def flat_grad_matrix(
@@ -480,8 +561,9 @@ def resolve_chunk_size(
     *,
     activation_bytes: int | None = None,
     budget_params: int | None = None,
+    batched_backward: bool = False,
 ) -> int:
-    r"""Samples per ``vmap`` call: an explicit positive int, ``None`` (all at once) or ``"auto"``.
+    r"""Samples per batched call: an explicit positive int, ``None`` (all at once) or ``"auto"``.
 
     ``"auto"`` sizes a chunk by memory. One sample of a vmapped chunk costs about
 
@@ -491,17 +573,20 @@ def resolve_chunk_size(
     (measured by the caller on the first sample; ``0`` when not given), ``P`` the number of
     parameters and ``b`` the bytes per number: ``vmap``'s batched backward holds about twice the
     activations of a plain one, and the gradient exists per parameter, flattened and in one
-    product. The chunk's working memory may take half of what ``N`` gradients of ``P_B``
-    (``budget_params``, default ``P``) parameters take,
+    product. Through layer hooks (``batched_backward``: one plain batched backward) a sample
+    costs ``s = 1.6 A + 2 P b`` (the gradient is written straight into its flat row). The
+    chunk's working memory may take what ``N`` gradients of ``P_B`` (``budget_params``, default
+    ``P``) parameters take,
 
-    .. math:: B = \mathrm{clamp}(N P_B b / 2,\ B_{min},\ B_{max}),
+    .. math:: B = \mathrm{clamp}(N P_B b,\ B_{min},\ B_{max}),
 
     with ``[B_min, B_max]`` = [16 MiB, 256 MiB] on CPU and [1 GiB, 4 GiB] on other devices, so
-    that a chunk costs at most half of the ``N × P`` gradient matrix that an exact engine keeps
-    (which then peaks near 1.5× that matrix). The chunk is then ``⌊B / s⌋`` clamped to
-    ``[1, min(N, cap)]`` with ``cap`` = 8 on CPU (wider vmapped kernels run no faster there) and
-    256 elsewhere; on CPU a chunk below 4 becomes 1. A chunk of 1 (without dropout randomness)
-    runs as a plain loop of ``torch.autograd.grad``, which beats ``vmap`` over so few samples.
+    that an exact engine, which keeps the ``N × P`` gradient matrix of the probes, peaks near
+    twice that matrix: ``0.25·K·N·P·b`` for the ``K = 8`` elements of D4. The chunk is then
+    ``⌊B / s⌋`` clamped to ``[1, min(N, cap)]`` with ``cap`` = 256, or 8 for ``vmap`` on CPU
+    (wider vmapped kernels run no faster there), where a vmapped chunk below 4 also becomes 1.
+    A chunk of 1 (without dropout randomness) runs as a plain loop of ``torch.autograd.grad``,
+    which beats a batched call of one sample.
 
     Args:
         chunk_size: ``"auto"``, a positive int, or ``None``.
@@ -512,6 +597,7 @@ def resolve_chunk_size(
         activation_bytes: ``A``, for ``"auto"``.
         budget_params: ``P_B``, for ``"auto"``: the model's parameter count where the gradients
             are projected to fewer numbers than it has.
+        batched_backward: whether the chunk runs through layer hooks rather than ``vmap``.
 
     Returns:
         The number of samples per chunk.
@@ -534,13 +620,17 @@ def resolve_chunk_size(
         low, high = _AUTO_CHUNK_BYTES["cpu" if on_cpu else "other"]
         reference = num_params if budget_params is None else budget_params
         budget = min(max(_AUTO_CHUNK_FRACTION * num_samples * reference * itemsize, low), high)
-        per_sample = (
-            _AUTO_ACTIVATION_FACTOR * (activation_bytes or 0)
-            + _AUTO_GRADIENT_COPIES * num_params * itemsize
+        activation_factor, gradient_copies = (
+            (_LAYERS_ACTIVATION_FACTOR, _LAYERS_GRADIENT_COPIES)
+            if batched_backward
+            else (_AUTO_ACTIVATION_FACTOR, _AUTO_GRADIENT_COPIES)
         )
-        cap = _AUTO_CHUNK_CPU_CAP if on_cpu else _AUTO_CHUNK_GPU_CAP
+        per_sample = (
+            activation_factor * (activation_bytes or 0) + gradient_copies * num_params * itemsize
+        )
+        cap = _AUTO_CHUNK_CPU_CAP if on_cpu and not batched_backward else _AUTO_CHUNK_GPU_CAP
         size = int(max(1, min(budget // max(per_sample, 1), cap)))
-        if on_cpu and size < _AUTO_CHUNK_CPU_MIN:
+        if on_cpu and not batched_backward and size < _AUTO_CHUNK_CPU_MIN:
             return 1
         return min(size, max(num_samples, 1))
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:

@@ -61,6 +61,18 @@ class CustomFunction(nn.Module):
         return torch.tanh(_Doubled.apply(self.conv(x)))
 
 
+class ScaledCustomFunction(CustomFunction):
+    """:class:`CustomFunction` with a raw parameter of its own (a learned output scale), which no
+    standard layer owns, so that per-sample gradients need ``torch.func`` (or the loop)."""
+
+    def __init__(self, channels=1):
+        super().__init__(channels)
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return self.scale * super().forward(x)
+
+
 class CachedFilterConv(nn.Module):
     """escnn's ``R2Conv``: the filter is expanded from coefficients over a fixed basis.
 

@@ -1,0 +1,247 @@
+r"""Per-sample gradients of standard layers from one batched backward, with forward hooks.
+
+For a layer ``y = W ⋆ x + b`` the per-sample gradient of ``Σ_n loss_n`` is an outer product of what
+the layer saw and what came back to it: with ``δ_n = ∂loss_n/∂y_n``,
+
+.. math::
+
+    ∇_W loss_n = \sum_t δ_{n,t} \, u_{n,t}^\top, \qquad ∇_b loss_n = \sum_t δ_{n,t},
+
+where ``t`` runs over the positions the weight is applied at and ``u_{n,t}`` is the input patch
+there (the input itself for ``nn.Linear``, an unfolded ``k×k`` patch for ``nn.Conv2d``, the
+normalized input ``x̂`` with elementwise products for the affine part of ``nn.GroupNorm`` and
+``nn.LayerNorm``). Samples do not interact, so one batched backward of ``Σ_n loss_n`` delivers
+every ``δ_n`` at once, and the per-sample gradients cost about one batched forward and backward
+plus these products — instead of one backward per sample (a loop) or a ``vmap`` of ``grad``,
+which on a CPU batches poorly.
+
+:class:`LayerGradients` covers a model when every selected parameter is the ``weight`` or
+``bias`` of a layer of a supported type whose ``forward`` is not overridden. It registers forward
+hooks for one call, and a gradient hook on each covered layer's output that turns ``δ`` into
+per-sample gradients as soon as the backward reaches it. The parameters do not require gradients;
+the input does, so the backward runs down to the first layer and computes no summed weight
+gradient. A layer called several times in one forward adds up its calls.
+
+What hooks cannot see — a parameter also used outside its layer's ``forward``, a layer whose
+output does not depend on the input, samples that interact (batch statistics) — gives a wrong
+result rather than an error, so :class:`~symcoherence.coherence.FunctionalModel` checks the first
+block against a plain autograd gradient of one sample and falls back to ``vmap`` if they differ.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from symcoherence.coherence import smse
+    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.GELU(), nn.Conv2d(4, 1, 1))
+    >>> params = {name: p.detach() for name, p in net.named_parameters()}
+    >>> layers = LayerGradients.covering(net, params)
+    >>> x, y = torch.randn(5, 1, 8, 8), torch.randn(5, 1, 8, 8)
+    >>> grads = {name: torch.empty(5, *p.shape) for name, p in params.items()}
+    >>> layers(lambda inputs: net(inputs), smse, x, y, out=grads)
+    >>> grads["0.weight"].shape
+    torch.Size([5, 4, 1, 3, 3])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# one sample's gradient contributions from what a layer saw (x) and got back (δ), batched over n
+Rule = Callable[[nn.Module, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+
+
+def _linear(module: nn.Linear, x: torch.Tensor, delta: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``∇W = Σ_t δ_t x_tᵀ``, ``∇b = Σ_t δ_t`` over the positions ``t`` of ``(n, *, features)``."""
+    num = x.shape[0]
+    inputs = x.reshape(num, -1, x.shape[-1])
+    deltas = delta.reshape(num, -1, delta.shape[-1])
+    return {"weight": torch.bmm(deltas.transpose(1, 2), inputs), "bias": deltas.sum(1)}
+
+
+def _conv_padding(module: nn.Conv2d) -> list[int]:
+    """``F.pad`` widths ``[left, right, top, bottom]`` of a convolution's own padding."""
+    if module.padding == "valid":
+        return [0, 0, 0, 0]
+    if module.padding == "same":
+        widths = []
+        for size, dilation in zip(
+            reversed(module.kernel_size), reversed(module.dilation), strict=True
+        ):
+            total = dilation * (size - 1)
+            widths += [total // 2, total - total // 2]
+        return widths
+    return [side for pad in reversed(module.padding) for side in (pad, pad)]
+
+
+def _conv2d(module: nn.Conv2d, x: torch.Tensor, delta: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``∇W_n = Σ_t δ_{n,t} u_{n,t}ᵀ``, ``u_{n,t}`` the input patch at output position ``t``.
+
+    All samples at once, as the weight gradient of one convolution with ``n·groups`` groups: the
+    samples stacked along the channels, so that no sample meets another's filters.
+    """
+    num, channels = x.shape[:2]
+    if module.padding_mode == "zeros" and not isinstance(module.padding, str):
+        padded, padding = x, module.padding
+    else:
+        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+        padded, padding = F.pad(x, _conv_padding(module), mode=mode), 0
+    out_channels = delta.shape[1]
+    weight = torch.nn.grad.conv2d_weight(
+        padded.reshape(1, num * channels, *padded.shape[2:]),
+        (num * out_channels, *module.weight.shape[1:]),
+        delta.reshape(1, num * out_channels, *delta.shape[2:]),
+        module.stride,
+        padding,
+        module.dilation,
+        num * module.groups,
+    )
+    return {
+        "weight": weight.reshape(num, *module.weight.shape),
+        "bias": delta.sum((2, 3)),
+    }
+
+
+def _group_norm(
+    module: nn.GroupNorm, x: torch.Tensor, delta: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """``∇γ_c = Σ_t δ_{c,t} x̂_{c,t}``, ``∇β_c = Σ_t δ_{c,t}``, ``x̂`` the group-normalized input."""
+    normalized = F.group_norm(x, module.num_groups, eps=module.eps)
+    num, channels = x.shape[:2]
+    return {
+        "weight": (delta * normalized).reshape(num, channels, -1).sum(-1),
+        "bias": delta.reshape(num, channels, -1).sum(-1),
+    }
+
+
+def _layer_norm(
+    module: nn.LayerNorm, x: torch.Tensor, delta: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """``∇γ = Σ_t δ_t ⊙ x̂_t``, ``∇β = Σ_t δ_t`` over the leading positions, ``x̂`` normalized."""
+    normalized = F.layer_norm(x, module.normalized_shape, eps=module.eps)
+    num, shape = x.shape[0], module.normalized_shape
+    return {
+        "weight": (delta * normalized).reshape(num, -1, *shape).sum(1),
+        "bias": delta.reshape(num, -1, *shape).sum(1),
+    }
+
+
+RULES: dict[type[nn.Module], Rule] = {
+    nn.Linear: _linear,
+    nn.Conv2d: _conv2d,
+    nn.GroupNorm: _group_norm,
+    nn.LayerNorm: _layer_norm,
+}
+
+
+class HookMismatch(RuntimeError):
+    """The hooks could not produce the per-sample gradients (the model is not covered after all)."""
+
+
+@dataclass
+class _Layer:
+    """A covered layer: its rule and ``{local name: parameter name}`` of the selected parameters."""
+
+    rule: Rule
+    names: dict[str, str]
+
+
+class LayerGradients:
+    """Per-sample gradients of the covered layers of a model, from one batched backward.
+
+    Build it with :meth:`covering`, which returns ``None`` for models it cannot cover.
+
+    Args:
+        layers: ``{module: _Layer}`` for every module that owns selected parameters.
+    """
+
+    def __init__(self, layers: dict[nn.Module, _Layer]):
+        self._layers = layers
+
+    @classmethod
+    def covering(cls, model: nn.Module, params: dict[str, torch.Tensor]) -> LayerGradients | None:
+        """The hook engine for ``params`` (``{name: tensor}``) of ``model``, or ``None``.
+
+        ``None`` when a selected parameter is complex, not the ``weight`` / ``bias`` of a layer
+        of a supported type with that type's own ``forward``, or shared between layers.
+        """
+        owners: dict[str, tuple[nn.Module, str]] = {}
+        for prefix, module in model.named_modules():
+            for local, _ in module.named_parameters(recurse=False, remove_duplicate=False):
+                full = f"{prefix}.{local}" if prefix else local
+                owners[full] = (module, local)
+        layers: dict[nn.Module, _Layer] = {}
+        for name, tensor in params.items():
+            if name not in owners or tensor.is_complex() or not tensor.is_floating_point():
+                return None
+            module, local = owners[name]
+            rule = RULES.get(type(module))
+            if rule is None or local not in ("weight", "bias"):
+                return None
+            layers.setdefault(module, _Layer(rule, {})).names[local] = name
+        tensors = [id(p) for _, p in model.named_parameters(remove_duplicate=False)]
+        if len(tensors) != len(set(tensors)):
+            return None  # tied weights: a hook sees only one of the layers that use them
+        return cls(layers)
+
+    def __call__(
+        self,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        out: dict[str, torch.Tensor],
+    ) -> None:
+        """Write the per-sample gradients of ``loss_fn(forward(x)[i], y[i])`` into ``out``.
+
+        Args:
+            forward: the model on a batch, with parameters that do not require gradients.
+            loss_fn: per-sample loss on unbatched tensors.
+            inputs: ``(n, ...)``.
+            targets: ``(n, ...)``.
+            out: ``{name: (n, *shape)}`` for every selected parameter, overwritten (views into
+                one flat matrix, so that nothing is copied again).
+
+        Raises:
+            HookMismatch: when a covered layer's output does not depend on the input, or a
+                selected parameter was not reached by the backward.
+        """
+        written: set[str] = set()
+
+        def on_forward(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            layer = self._layers[module]
+            if not isinstance(output, torch.Tensor) or not output.requires_grad:
+                raise HookMismatch(
+                    f"the output of {type(module).__name__} does not depend on the input"
+                )
+            seen = args[0].detach()
+
+            def on_backward(delta: torch.Tensor) -> None:
+                for local, value in layer.rule(module, seen, delta).items():
+                    name = layer.names.get(local)
+                    if name in written:
+                        out[name].add_(value)
+                    elif name is not None:
+                        out[name].copy_(value)
+                        written.add(name)
+
+            output.register_hook(on_backward)
+
+        handles = [module.register_forward_hook(on_forward) for module in self._layers]
+        try:
+            leaf = inputs.detach().requires_grad_()
+            predictions = forward(leaf)
+            losses = [loss_fn(p, t) for p, t in zip(predictions, targets, strict=True)]
+            torch.autograd.grad(torch.stack(losses).sum(), leaf)
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = sorted(set(out) - written)
+        if missing:
+            raise HookMismatch(f"the backward did not reach the layers of {missing}")
+
+
+__all__ = ["RULES", "HookMismatch", "LayerGradients"]

@@ -74,3 +74,32 @@ def test_bad_input():
         sc.rollout_equivariance_error(widening, sc.smse, x, SHIFTS, SCALAR, steps=1)
     with pytest.raises(ValueError, match="model.eval"):
         sc.equivariance_error(make("dropout_eval").train(), sc.smse, x, y, SHIFTS, SCALAR)
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("group_norm", {}),  # layer hooks
+        ("spectral", {}),  # vmap (complex weights)
+        ("spectral", {"chunk_size": 1}),  # the per-sample loop
+        ("group_norm", {"projection": sc.coherence.Projection(dim=64, seed=0)}),
+        ("mlp", {"metric": sc.coherence.GaussNewton(solver="subspace")}),
+    ],
+    ids=["layers", "vmap", "loop", "projected", "subspace"],
+)
+def test_the_gradient_passes_give_the_definition_of_E_on_every_path(name, options, monkeypatch):
+    # E comes with the influence at no extra forward pass: the losses the gradients are taken of
+    def no_forward_passes(*args, **kwargs):
+        raise AssertionError("measure ran the forward passes of equivariance_error")
+
+    monkeypatch.setattr(sc.coherence.measurement, "equivariance_error", no_forward_passes)
+    model = make(name)
+    x, y = data()
+    elements = ["r", "e", "sr2"]
+    influence = sc.orbit_influence(model, sc.smse, x, y, D4, PSEUDO, elements=elements, **options)
+    expected = loop_errors(model, x, y, D4, PSEUDO, elements)
+    torch.testing.assert_close(influence.equivariance, expected, **TOL["fp64"])
+    spec = sc.coherence.MeasurementSpec(group=D4, field_type=PSEUDO, elements=elements, **options)
+    measured = sc.coherence.measure(model, sc.smse, x, y, spec)
+    expected = loop_errors(model, x, y, D4, PSEUDO, measured.influence.elements)
+    torch.testing.assert_close(measured.equivariance, expected, **TOL["fp64"])

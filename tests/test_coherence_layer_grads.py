@@ -28,7 +28,7 @@ def engine_grads(model, x, y, chunk_size=3, parameter_filter=None):
     """Flat per-sample gradients through :class:`FunctionalModel`, and the engine it used."""
     fmodel = FunctionalModel(model, parameter_filter)
     with grad_mode():
-        matrix, _ = fmodel.flat_grad_matrix(sc.smse, x, y, chunk_size)
+        matrix = fmodel.flat_grad_matrix(sc.smse, x, y, chunk_size).rows
     return matrix, fmodel.engine
 
 
@@ -234,3 +234,20 @@ def test_active_dropout_goes_through_vmap():
     with grad_mode():
         list(fmodel.grad_blocks(sc.smse, x, y, 2, randomness="different"))
     assert fmodel.engine == "vmap"
+
+
+class Shared(nn.Module):
+    """One convolution registered under two names and applied twice: its calls add up."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3, padding=1, padding_mode="circular")
+        self.again = self.conv
+
+    def forward(self, x):
+        return self.again(torch.tanh(self.conv(x)))
+
+
+def test_a_layer_registered_twice_and_called_twice_is_covered():
+    torch.manual_seed(0)
+    check(Shared().double(), *fields(4, 1, 6))

@@ -180,22 +180,23 @@ def orbit_influence(
         source = fmodel if projection is None else projection.bind(model, fmodel, metric)
         reducer = metric if projection is None else Identity()
         inputs, targets = _plain(inputs), _plain(targets)
-        kets, ket_norm = source.flat_grad_matrix(loss_fn, inputs, targets, chunk_size, randomness)
+        probes = source.flat_grad_matrix(loss_fn, inputs, targets, chunk_size, randomness)
+        kets = probes.rows
         check_gradients(kets)
-        everything = slice(0, inputs.shape[0])
         bra_norm = kets.new_full((len(names), inputs.shape[0]), float("nan"))
+        bra_loss = bra_norm.clone()
 
         def bra_blocks() -> Iterator[tuple[int, slice, torch.Tensor]]:
             for index, element in enumerate(names):
                 if element == group.identity:
-                    bra_norm[index] = ket_norm
-                    yield index, everything, kets
+                    bra_norm[index], bra_loss[index] = probes.norms, probes.losses
+                    yield index, probes.samples, kets
                     continue
                 moved = group.act_pair(element, inputs, targets, field_type, target_field_type)
-                for samples, block, norms in source.flat_grads(
+                for samples, block, norms, losses in source.flat_grads(
                     loss_fn, *moved, chunk_size, randomness
                 ):
-                    bra_norm[index, samples] = norms
+                    bra_norm[index, samples], bra_loss[index, samples] = norms, losses
                     yield index, samples, block
 
         def orbit_inputs() -> Iterator[torch.Tensor]:
@@ -227,6 +228,7 @@ def orbit_influence(
         info=reduced.info,
         by_module=reduced.by_module,
         bra_norm=bra_norm.detach(),
+        equivariance=bra_loss / probes.losses,
     )
     if result.degenerate_rows and bool(torch.isfinite(result.matrix).all()):
         warnings.warn(

@@ -36,7 +36,7 @@ Example:
     >>> layers = LayerGradients.covering(net, params)
     >>> x, y = torch.randn(5, 1, 8, 8), torch.randn(5, 1, 8, 8)
     >>> grads = {name: torch.empty(5, *p.shape) for name, p in params.items()}
-    >>> layers(lambda inputs: net(inputs), smse, x, y, out=grads)
+    >>> losses = layers(lambda inputs: net(inputs), smse, x, y, out=grads)
     >>> grads["0.weight"].shape
     torch.Size([5, 4, 1, 3, 3])
 """
@@ -169,10 +169,12 @@ class LayerGradients:
         of a supported type with that type's own ``forward``, or shared between layers.
         """
         owners: dict[str, tuple[nn.Module, str]] = {}
-        for prefix, module in model.named_modules():
-            for local, _ in module.named_parameters(recurse=False, remove_duplicate=False):
-                full = f"{prefix}.{local}" if prefix else local
-                owners[full] = (module, local)
+        holders: dict[int, nn.Module] = {}
+        for prefix, module in model.named_modules():  # a layer reached twice is listed once
+            for local, tensor in module.named_parameters(recurse=False, remove_duplicate=False):
+                if holders.setdefault(id(tensor), module) is not module:
+                    return None  # tied weights: a hook sees only one of the layers that use them
+                owners[f"{prefix}.{local}" if prefix else local] = (module, local)
         layers: dict[nn.Module, _Layer] = {}
         for name, tensor in params.items():
             if name not in owners or tensor.is_complex() or not tensor.is_floating_point():
@@ -182,9 +184,6 @@ class LayerGradients:
             if rule is None or local not in ("weight", "bias"):
                 return None
             layers.setdefault(module, _Layer(rule, {})).names[local] = name
-        tensors = [id(p) for _, p in model.named_parameters(remove_duplicate=False)]
-        if len(tensors) != len(set(tensors)):
-            return None  # tied weights: a hook sees only one of the layers that use them
         return cls(layers)
 
     def __call__(
@@ -194,7 +193,7 @@ class LayerGradients:
         inputs: torch.Tensor,
         targets: torch.Tensor,
         out: dict[str, torch.Tensor],
-    ) -> None:
+    ) -> torch.Tensor:
         """Write the per-sample gradients of ``loss_fn(forward(x)[i], y[i])`` into ``out``.
 
         Args:
@@ -204,6 +203,9 @@ class LayerGradients:
             targets: ``(n, ...)``.
             out: ``{name: (n, *shape)}`` for every selected parameter, overwritten (views into
                 one flat matrix, so that nothing is copied again).
+
+        Returns:
+            The per-sample losses ``(n,)``, detached.
 
         Raises:
             HookMismatch: when a covered layer's output does not depend on the input, or a
@@ -234,14 +236,15 @@ class LayerGradients:
         try:
             leaf = inputs.detach().requires_grad_()
             predictions = forward(leaf)
-            losses = [loss_fn(p, t) for p, t in zip(predictions, targets, strict=True)]
-            torch.autograd.grad(torch.stack(losses).sum(), leaf)
+            losses = torch.stack([loss_fn(p, t) for p, t in zip(predictions, targets, strict=True)])
+            torch.autograd.grad(losses.sum(), leaf)
         finally:
             for handle in handles:
                 handle.remove()
         missing = sorted(set(out) - written)
         if missing:
             raise HookMismatch(f"the backward did not reach the layers of {missing}")
+        return losses.detach()
 
 
 __all__ = ["RULES", "HookMismatch", "LayerGradients"]

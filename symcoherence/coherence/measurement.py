@@ -119,6 +119,7 @@ class Measurement:
             bra_self=result.bra_self.cpu(),
             ket_self=result.ket_self.cpu(),
             bra_norm=result.bra_norm.cpu(),
+            equivariance=result.equivariance.cpu(),
             by_module=by_module,
         )
         return dataclasses.replace(
@@ -207,8 +208,14 @@ def measure(
         rule=spec.rule,
     )
     if spec.equivariance:
-        result.equivariance = equivariance_error(
-            model, loss_fn, inputs, targets, spec.group, elements=names, **types
+        # the gradient passes computed every loss E needs, unless a metric skipped some bras
+        recorded = influence.equivariance
+        result.equivariance = (
+            recorded
+            if bool(torch.isfinite(influence.bra_norm).all())
+            else equivariance_error(
+                model, loss_fn, inputs, targets, spec.group, elements=names, **types
+            )
         )
     if spec.rollout_steps:
         result.rollout = rollout_equivariance_error(

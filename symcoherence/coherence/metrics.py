@@ -85,7 +85,7 @@ def stream_reduce(
     kets = problem.kets
     num, k = kets.shape[0], problem.num_elements
     solved = solve(kets)
-    ket_self = torch.einsum("np,np->n", kets, solved)
+    ket_self = torch.linalg.vecdot(kets, solved)
     matrix = kets.new_zeros(k, num, num)
     bras = kets.new_full((k, num), float("nan"))
     by_module = None
@@ -94,7 +94,7 @@ def stream_reduce(
     for index, samples, block in problem.bra_blocks():
         matrix[index, samples] = block @ solved.T
         if bra_self:
-            bras[index, samples] = torch.einsum("np,np->n", block, solve(block))
+            bras[index, samples] = torch.linalg.vecdot(block, solve(block))
         if by_module is not None:
             for label, columns in problem.groups.items():
                 by_module[label][index, samples] = block[:, columns] @ solved[:, columns].T

@@ -39,7 +39,7 @@ from typing import Literal, NamedTuple
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad_and_value, vmap
 
 from symcoherence.coherence.layer_grads import HookMismatch, LayerGradients
 
@@ -275,6 +275,7 @@ class FunctionalModel:
         self.dtype = first.real.dtype if first.is_complex() else first.dtype
         self._aliases = _tied_aliases(model)
         self._connected = False  # set once the first sample proved every parameter is used
+        self._activation_bytes: dict[tuple[int, ...], int] = {}  # per sample shape
         self._layers = LayerGradients.covering(model, self.params) if layer_hooks else None
         self._layers_checked = False  # set once the hooks reproduced one plain gradient
         self.engine: Engine = "vmap" if self._layers is None else "layers"
@@ -304,7 +305,7 @@ class FunctionalModel:
         randomness: Randomness = "error",
     ) -> Iterator[tuple[slice, dict[str, torch.Tensor]]]:
         """Yield ``(samples, {name: (c, *shape)})`` per chunk of samples (see :meth:`_chunks`)."""
-        for samples, block in self._chunks(loss_fn, inputs, targets, chunk_size, randomness):
+        for samples, block, _ in self._chunks(loss_fn, inputs, targets, chunk_size, randomness):
             yield samples, self.layout.unflatten(block) if torch.is_tensor(block) else block
 
     def _chunks(
@@ -314,26 +315,31 @@ class FunctionalModel:
         targets: torch.Tensor,
         chunk_size: ChunkSize,
         randomness: Randomness,
-    ) -> Iterator[tuple[slice, dict[str, torch.Tensor] | torch.Tensor]]:
-        """Yield ``(samples, gradients)`` per chunk: ``{name: (c, *shape)}`` or flat ``(c, P)``.
+    ) -> Iterator[tuple[slice, dict[str, torch.Tensor] | torch.Tensor, torch.Tensor]]:
+        """Yield ``(samples, gradients, losses)`` per chunk.
 
-        With ``chunk_size="auto"``, and on the first call, the first sample runs alone through
-        plain autograd: its forward measures the activation memory that sizes the automatic
-        chunks (:func:`resolve_chunk_size`), and the first call checks that the loss depends on
-        every selected parameter. The other samples follow in chunks, through layer hooks where
+        The gradients are ``{name: (c, *shape)}`` or flat ``(c, P)``; the losses ``(c,)`` are the
+        per-sample losses that the gradient passes computed on the way.
+
+        On the first call, and with ``chunk_size="auto"`` on the first call for a sample shape,
+        the first sample runs alone through plain autograd: its forward measures the activation
+        memory that sizes the automatic chunks (:func:`resolve_chunk_size`), and the first call
+        checks that the loss depends on every selected parameter. The other samples follow in chunks, through layer hooks where
         they cover the model (:attr:`engine` ``"layers"``), else ``vmap`` or the loop.
 
         Raises:
             ValueError: if the loss on the first sample does not depend on some selected
                 parameters (checked on the first call only).
         """
-        num = inputs.shape[0]
-        start, activation_bytes, first = 0, None, None
-        if chunk_size == "auto" or not self._connected:
+        num, shape = inputs.shape[0], tuple(inputs.shape[1:])
+        start, first = 0, None
+        activation_bytes = self._activation_bytes.get(shape)
+        if (chunk_size == "auto" and activation_bytes is None) or not self._connected:
             with SavedBytes(exclude=[*self.params.values(), *self.constants.values()]) as saved:
-                first = self._autograd_grad(loss_fn, inputs[0], targets[0])
-            activation_bytes, start = saved.total, 1
-            yield slice(0, 1), {name: g.unsqueeze(0) for name, g in first.items()}
+                first, loss = self._autograd_grad(loss_fn, inputs[0], targets[0])
+            activation_bytes = self._activation_bytes[shape] = saved.total
+            start = 1
+            yield slice(0, 1), {name: g.unsqueeze(0) for name, g in first.items()}, loss[None]
         if start == num:
             return
         if randomness != "error" and self.engine == "layers":
@@ -341,43 +347,49 @@ class FunctionalModel:
         size = self._chunk_size(chunk_size, num, activation_bytes)
         if self.engine == "layers" and size > 1 and not self._layers_checked:
             if first is None:
-                first = self._autograd_grad(loss_fn, inputs[0], targets[0])
+                first, _ = self._autograd_grad(loss_fn, inputs[0], targets[0])
             self._check_layers(loss_fn, inputs, targets, first)
             size = self._chunk_size(chunk_size, num, activation_bytes)
         loop = self.engine == "loop" or (size == 1 and randomness == "error")
         if self.engine == "layers" and not loop:
             for begin in range(start, num, size):
                 samples = slice(begin, min(begin + size, num))
-                yield samples, self._layer_grads(loss_fn, inputs[samples], targets[samples])
+                yield samples, *self._layer_grads(loss_fn, inputs[samples], targets[samples])
             return
-        batched = vmap(grad(self.sample_loss(loss_fn)), in_dims=(None, 0, 0), randomness=randomness)
+        batched = vmap(
+            grad_and_value(self.sample_loss(loss_fn)), in_dims=(None, 0, 0), randomness=randomness
+        )
         for begin in range(start, num, size):
             samples = slice(begin, min(begin + size, num))
             if not loop:
                 try:
-                    block = batched(self.params, inputs[samples], targets[samples])
+                    block, losses = batched(self.params, inputs[samples], targets[samples])
                 except RuntimeError as error:
                     if randomness == "same" or not _loop_avoids(error):
                         raise
                     self._switch_to_loop(error)
                     loop = True
                 else:
-                    yield samples, block
+                    yield samples, block, losses.detach()
                     continue
-            parts = [
-                self._autograd_grad(loss_fn, x, y)
-                for x, y in zip(inputs[samples], targets[samples], strict=True)
-            ]
-            yield samples, {name: torch.stack([p[name] for p in parts]) for name in parts[0]}
+            parts, losses = zip(
+                *(
+                    self._autograd_grad(loss_fn, x, y)
+                    for x, y in zip(inputs[samples], targets[samples], strict=True)
+                ),
+                strict=True,
+            )
+            block = {name: torch.stack([p[name] for p in parts]) for name in parts[0]}
+            yield samples, block, torch.stack(losses)
 
     def _layer_grads(
         self, loss_fn: LossFn, inputs: torch.Tensor, targets: torch.Tensor
-    ) -> torch.Tensor:
-        """Flat per-sample gradients ``(c, P)`` of a chunk from one batched backward with hooks."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat per-sample gradients ``(c, P)`` and losses ``(c,)`` of a chunk, through hooks."""
         flat = torch.empty(inputs.shape[0], self.layout.size, dtype=self.dtype, device=self.device)
         out = self.layout.unflatten(flat)
-        self._layers(lambda x: self(self.params, x), loss_fn, inputs, targets, out=out)
-        return flat
+        losses = self._layers(lambda x: self(self.params, x), loss_fn, inputs, targets, out=out)
+        return flat, losses
 
     def _chunk_size(self, chunk_size: ChunkSize, num: int, activation_bytes: int | None) -> int:
         """:func:`resolve_chunk_size` for this model's engine."""
@@ -407,7 +419,7 @@ class FunctionalModel:
         """
         pair = slice(0, min(2, inputs.shape[0]))
         try:
-            got = self._layer_grads(loss_fn, inputs[pair], targets[pair])
+            got, _ = self._layer_grads(loss_fn, inputs[pair], targets[pair])
         except (HookMismatch, RuntimeError):
             self.engine = "vmap"
             return
@@ -430,8 +442,8 @@ class FunctionalModel:
 
     def _autograd_grad(
         self, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """One sample's gradient ``{name: (*shape)}`` with plain ``torch.autograd.grad``.
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One sample's gradient ``{name: (*shape)}`` and loss with plain ``torch.autograd.grad``.
 
         The first call raises if the loss does not depend on some parameters; later calls give
         zeros for parameters that this sample's loss does not reach.
@@ -447,10 +459,11 @@ class FunctionalModel:
             if unused:
                 raise ValueError(_unused_message(unused, list(leaves)))
             self._connected = True
-        return {
+        grads = {
             name: torch.zeros_like(leaf) if g is None else g
             for (name, leaf), g in zip(leaves.items(), grads, strict=True)
         }
+        return grads, loss.detach()
 
     def flat_grads(
         self,
@@ -460,10 +473,12 @@ class FunctionalModel:
         chunk_size: ChunkSize = "auto",
         randomness: Randomness = "error",
     ) -> Iterator[GradientRows]:
-        """Yield ``(samples, (c, P) flat per-sample gradients, (c,) their Euclidean norms)``."""
-        for samples, block in self._chunks(loss_fn, inputs, targets, chunk_size, randomness):
+        """Yield :class:`GradientRows`: flat ``(c, P)`` per-sample gradients, norms and losses."""
+        for samples, block, losses in self._chunks(
+            loss_fn, inputs, targets, chunk_size, randomness
+        ):
             flat = block if torch.is_tensor(block) else self.layout.flatten(block)
-            yield GradientRows(samples, flat, flat.norm(dim=-1))
+            yield GradientRows(samples, flat, flat.norm(dim=-1), losses)
 
     def flat_grad_matrix(
         self,
@@ -472,8 +487,8 @@ class FunctionalModel:
         targets: torch.Tensor,
         chunk_size: ChunkSize = "auto",
         randomness: Randomness = "error",
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All flat per-sample gradients ``(N, P)`` and their norms ``(N,)``, chunk by chunk."""
+    ) -> GradientRows:
+        """All flat per-sample gradients ``(N, P)``, their norms and losses, chunk by chunk."""
         blocks = self.flat_grads(loss_fn, inputs, targets, chunk_size, randomness)
         return gather_rows(blocks, inputs.shape[0], self.layout.size, self.dtype, self.device)
 
@@ -486,11 +501,13 @@ class GradientRows(NamedTuple):
         rows: the gradients as rows ``(c, width)`` (``width`` = ``P``, or ``d`` when projected).
         norms: ``(c,)`` Euclidean norms of the unprojected, unscaled gradients (``rows.norm(-1)``
             for exact gradients; see :mod:`~symcoherence.coherence.projection` otherwise).
+        losses: ``(c,)`` the per-sample losses whose gradients the rows are (detached).
     """
 
     samples: slice
     rows: torch.Tensor
     norms: torch.Tensor
+    losses: torch.Tensor
 
 
 def gather_rows(
@@ -499,13 +516,14 @@ def gather_rows(
     width: int,
     dtype: torch.dtype,
     device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fill an ``(num, width)`` matrix and its ``(num,)`` norms from chunks of rows."""
+) -> GradientRows:
+    """Gather chunks of rows into the rows of all ``num`` samples (``(num, width)`` and ``(num,)``)."""
     matrix = torch.empty(num, width, dtype=dtype, device=device)
     norms = torch.empty(num, dtype=dtype, device=device)
-    for samples, rows, row_norms in blocks:
-        matrix[samples], norms[samples] = rows, row_norms
-    return matrix, norms
+    losses = torch.empty(num, dtype=dtype, device=device)
+    for samples, rows, row_norms, row_losses in blocks:
+        matrix[samples], norms[samples], losses[samples] = rows, row_norms, row_losses
+    return GradientRows(slice(0, num), matrix, norms, losses)
 
 
 def _tied_aliases(model: nn.Module) -> dict[str, str]:
@@ -708,7 +726,7 @@ def per_sample_grads(
         fmodel = FunctionalModel(model, parameter_filter)
         inputs, targets = _plain(inputs), _plain(targets)
         if flatten:
-            return fmodel.flat_grad_matrix(loss_fn, inputs, targets, chunk_size, randomness)[0]
+            return fmodel.flat_grad_matrix(loss_fn, inputs, targets, chunk_size, randomness).rows
         blocks = [
             block
             for _, block in fmodel.grad_blocks(loss_fn, inputs, targets, chunk_size, randomness)

@@ -426,7 +426,7 @@ class ProjectedGradients:
         """
         expected = None
         if not self._checked and randomness == "error":
-            exact = self.fmodel._autograd_grad(loss_fn, inputs[0], targets[0])
+            exact, _ = self.fmodel._autograd_grad(loss_fn, inputs[0], targets[0])
             expected = self.project({n: g.unsqueeze(0) for n, g in exact.items()})
             del exact
         blocks = self._functional.flat_grads(loss_fn, inputs, targets, chunk_size, randomness)
@@ -440,7 +440,7 @@ class ProjectedGradients:
                 self._check(projected[:1], expected)
                 expected = None
             self._checked = True
-            yield GradientRows(item.samples, projected, norms)
+            yield GradientRows(item.samples, projected, norms, item.losses)
 
     def flat_grad_matrix(
         self,
@@ -449,8 +449,8 @@ class ProjectedGradients:
         targets: torch.Tensor,
         chunk_size: ChunkSize = "auto",
         randomness: Randomness = "error",
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All projected per-sample gradients ``(N, d)`` and their norms ``(N,)``."""
+    ) -> GradientRows:
+        """All projected per-sample gradients ``(N, d)``, their norms and losses ``(N,)``."""
         blocks = self.flat_grads(loss_fn, inputs, targets, chunk_size, randomness)
         return gather_rows(
             blocks, inputs.shape[0], self.layout.size, self.fmodel.dtype, self.device

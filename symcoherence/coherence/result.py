@@ -52,6 +52,10 @@ class OrbitInfluence:
             exactly to ``matrix``.
         bra_norm: ``(K, N)`` Euclidean norms ``‖b_n^g‖`` (NaN where not recorded); they turn the
             mean off-diagonal influence into the transfer per unit gradient.
+        equivariance: ``(K, N)`` forward equivariance errors
+            ``E_n(g) = loss(f(g·x_n), g·y_n) / loss(f(x_n), y_n)`` from the per-sample losses that
+            the gradient passes computed on the way (NaN where not recorded; see
+            :func:`~symcoherence.coherence.equivariance_error`).
 
     Vanishing gradients: a probe whose gradient is zero has zero raw influence; its normalized row
     is NaN (a degenerate row, counted by :attr:`degenerate_rows`) and summaries skip it. A ratio
@@ -69,11 +73,14 @@ class OrbitInfluence:
     info: dict[str, Any] = field(default_factory=dict)
     by_module: dict[str, torch.Tensor] | None = None
     bra_norm: torch.Tensor | None = None
+    equivariance: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.elements = tuple(self.elements)
         if self.bra_norm is None:
             self.bra_norm = torch.full_like(self.bra_self, float("nan"))
+        if self.equivariance is None:
+            self.equivariance = torch.full_like(self.bra_self, float("nan"))
         if self.matrix.dim() != 3 or self.matrix.shape[1] != self.matrix.shape[2]:
             raise ValueError(f"matrix must be (K, N, N), got shape {tuple(self.matrix.shape)}")
         k, n = self.matrix.shape[:2]
@@ -85,12 +92,13 @@ class OrbitInfluence:
         shapes = (
             tuple(self.bra_self.shape),
             tuple(self.bra_norm.shape),
+            tuple(self.equivariance.shape),
             tuple(self.ket_self.shape),
         )
-        if shapes != ((k, n), (k, n), (n,)):
+        if shapes != ((k, n), (k, n), (k, n), (n,)):
             raise ValueError(
-                f"bra_self and bra_norm must be (K, N) = {(k, n)} and ket_self (N,) = {(n,)}, got "
-                f"{shapes[0]}, {shapes[1]} and {shapes[2]}"
+                f"bra_self, bra_norm and equivariance must be (K, N) = {(k, n)} and ket_self "
+                f"(N,) = {(n,)}, got {shapes[0]}, {shapes[1]}, {shapes[2]} and {shapes[3]}"
             )
         check_normalization(self.normalization)
 
@@ -230,6 +238,7 @@ class OrbitInfluence:
             matrix=self.matrix[index],
             bra_self=self.bra_self[index],
             bra_norm=self.bra_norm[index],
+            equivariance=self.equivariance[index],
             elements=elements,
             by_module=by_module,
         )
@@ -290,6 +299,7 @@ class OrbitInfluence:
             matrix=torch.cat([part.matrix for part in parts]),
             bra_self=torch.cat([part.bra_self for part in parts]),
             bra_norm=torch.cat([part.bra_norm for part in parts]),
+            equivariance=torch.cat([part.equivariance for part in parts]),
             elements=tuple(names),
             info=info,
             by_module=by_module,

@@ -71,6 +71,15 @@ class Reduction:
     by_module: dict[str, torch.Tensor] | None = None
 
 
+def row_dots(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """``(c,)`` dot products of matching rows of two ``(c, P)`` matrices.
+
+    One ``dot`` per row: no ``(c, P)`` temporary (as ``(left * right).sum(-1)`` or ``vecdot``
+    make) and, on a CPU, several times faster than the batched ``einsum`` / ``bmm``.
+    """
+    return torch.stack([a.dot(b) for a, b in zip(left, right, strict=True)])
+
+
 def stream_reduce(
     problem: InfluenceProblem,
     solve: Callable[[torch.Tensor], torch.Tensor],
@@ -85,7 +94,7 @@ def stream_reduce(
     kets = problem.kets
     num, k = kets.shape[0], problem.num_elements
     solved = solve(kets)
-    ket_self = torch.linalg.vecdot(kets, solved)
+    ket_self = row_dots(kets, solved)
     matrix = kets.new_zeros(k, num, num)
     bras = kets.new_full((k, num), float("nan"))
     by_module = None
@@ -94,7 +103,7 @@ def stream_reduce(
     for index, samples, block in problem.bra_blocks():
         matrix[index, samples] = block @ solved.T
         if bra_self:
-            bras[index, samples] = torch.linalg.vecdot(block, solve(block))
+            bras[index, samples] = row_dots(block, solve(block))
         if by_module is not None:
             for label, columns in problem.groups.items():
                 by_module[label][index, samples] = block[:, columns] @ solved[:, columns].T

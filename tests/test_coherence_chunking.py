@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 import symcoherence as sc
-from symcoherence.coherence.per_sample import FunctionalModel, SavedBytes, resolve_chunk_size
+from symcoherence.coherence.chunking import SavedBytes, resolve_chunk_size
+from symcoherence.coherence.per_sample import FunctionalModel
 from symcoherence.testing import TOLERANCES, reference_grads
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # a device type; no GPU is touched

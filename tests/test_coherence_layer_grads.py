@@ -251,3 +251,18 @@ class Shared(nn.Module):
 def test_a_layer_registered_twice_and_called_twice_is_covered():
     torch.manual_seed(0)
     check(Shared().double(), *fields(4, 1, 6))
+
+
+def test_batch_norm_in_eval_mode_is_covered_and_in_training_mode_refused():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Tanh(), nn.Conv2d(3, 1, 1)
+    )
+    net = net.double()
+    x, y = fields(6, 1, 6)
+    net(x)  # running statistics that are not the defaults
+    with torch.no_grad():
+        net[1].weight.add_(0.3 * torch.randn(3, dtype=torch.float64))
+    check(net.eval(), x, y)
+    with pytest.raises(ValueError, match="training mode"):
+        sc.per_sample_grads(net.train(), sc.smse, x, y)

@@ -144,7 +144,7 @@ def orbit_influence(
             :class:`~symcoherence.coherence.Metric`.
         normalization: ``"standard"``, ``"cosine"`` or ``"none"`` (stored on the result; the raw
             matrix does not depend on it).
-        chunk_size: samples per vmapped gradient call (see
+        chunk_size: samples per batched gradient call (see
             :func:`~symcoherence.coherence.per_sample_grads`).
         parameter_filter: which parameters span ``θ`` (``None``: all trainable).
         optimizer: the optimizer whose state ``metric="adam"`` reads.

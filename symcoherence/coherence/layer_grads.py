@@ -9,8 +9,8 @@ the layer saw and what came back to it: with ``δ_n = ∂loss_n/∂y_n``,
 
 where ``t`` runs over the positions the weight is applied at and ``u_{n,t}`` is the input patch
 there (the input itself for ``nn.Linear``, an unfolded ``k×k`` patch for ``nn.Conv2d``, the
-normalized input ``x̂`` with elementwise products for the affine part of ``nn.GroupNorm`` and
-``nn.LayerNorm``). Samples do not interact, so one batched backward of ``Σ_n loss_n`` delivers
+normalized input ``x̂`` with elementwise products for the affine part of ``nn.GroupNorm``,
+``nn.LayerNorm`` and ``nn.BatchNorm1d/2d`` in eval mode). Samples do not interact, so one batched backward of ``Σ_n loss_n`` delivers
 every ``δ_n`` at once, and the per-sample gradients cost about one batched forward and backward
 plus these products — instead of one backward per sample (a loop) or a ``vmap`` of ``grad``,
 which on a CPU batches poorly.
@@ -129,7 +129,28 @@ def _layer_norm(
     }
 
 
+def _batch_norm(
+    module: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, delta: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """``∇γ_c = Σ_t δ_{c,t} x̂_{c,t}``, ``∇β_c = Σ_t δ_{c,t}``, ``x̂`` normalized by running statistics.
+
+    Only in eval mode with running statistics; in any other mode samples share batch statistics.
+    """
+    if module.training or module.running_mean is None:
+        raise HookMismatch(f"{type(module).__name__} normalizes with batch statistics")
+    normalized = F.batch_norm(
+        x, module.running_mean, module.running_var, training=False, eps=module.eps
+    )
+    num, channels = x.shape[:2]
+    return {
+        "weight": (delta * normalized).reshape(num, channels, -1).sum(-1),
+        "bias": delta.reshape(num, channels, -1).sum(-1),
+    }
+
+
 RULES: dict[type[nn.Module], Rule] = {
+    nn.BatchNorm1d: _batch_norm,
+    nn.BatchNorm2d: _batch_norm,
     nn.Linear: _linear,
     nn.Conv2d: _conv2d,
     nn.GroupNorm: _group_norm,

@@ -1,15 +1,16 @@
 r"""Per-sample loss gradients with ``torch.func``: ``a_n = ∇θ loss(f_θ(x_n), y_n)`` for every ``n``.
 
 The model is called functionally (``functional_call``) on a detached copy of its parameters and
-buffers. Where every selected parameter belongs to a standard layer (``nn.Linear``, ``nn.Conv2d``,
-``nn.GroupNorm``, ``nn.LayerNorm``), one batched backward with layer hooks gives a chunk's
-per-sample gradients (:mod:`~symcoherence.coherence.layer_grads`, checked once against plain
-autograd); otherwise ``vmap(grad(·))`` batches them. Chunks are sized so that their memory (the
-activations and gradients of the chunk's samples, measured on the first sample) stays within what
-the returned gradients take (see :func:`~symcoherence.coherence.chunking.resolve_chunk_size`), and so that the batched path is never
-slower than a Python loop on CPU. Complex parameters (spectral
-layers) are flattened as pairs of real numbers, so the flat inner product is the real Euclidean
-one, ``⟨b, a⟩ = Σ Re(b̄ a)``.
+buffers. Where every selected parameter belongs to a standard layer (``nn.Linear``,
+``nn.Conv2d``, ``nn.GroupNorm``, ``nn.LayerNorm``, eval-mode ``nn.BatchNorm1d/2d``), one batched
+backward with layer hooks gives a chunk's per-sample gradients
+(:mod:`~symcoherence.coherence.layer_grads`, checked once against plain autograd); otherwise
+``vmap(grad(·))`` batches them. Chunks are sized so that their memory (the activations and
+gradients of the chunk's samples, measured on the first sample) stays within what the returned
+gradients take (see :func:`~symcoherence.coherence.chunking.resolve_chunk_size`), and so that the
+batched path is never slower than a Python loop on CPU. Complex parameters (spectral layers) are
+flattened as pairs of real numbers, so the flat inner product is the real Euclidean one,
+``⟨b, a⟩ = Σ Re(b̄ a)``.
 
 Models that ``vmap`` cannot batch (an in-place write of per-sample values into a tensor created in
 ``forward``, an operator without a batching rule, ``.item()`` or data-dependent control flow, a
@@ -178,7 +179,9 @@ class FunctionalModel:
     """A model called as a pure function of a (selected) parameter dict.
 
     The first gradient computation checks, with one plain autograd pass on its first sample, that
-    the loss depends on every selected parameter. Where ``vmap`` cannot batch the model, it
+    the loss depends on every selected parameter. Per-sample gradients come from layer hooks where
+    they cover the model (:mod:`~symcoherence.coherence.layer_grads`; kept only if they reproduce
+    that first gradient), else from ``vmap``; where ``vmap`` cannot batch the model either, it
     switches, with one warning, to a per-sample loop of ``torch.autograd.grad`` for this and
     every later call. Modules are never hashed inside ``torch.func`` transforms (tied parameters are
     resolved once, up front), so modules whose ``__hash__`` reads tensor data work.
@@ -188,7 +191,9 @@ class FunctionalModel:
         parameter_filter: ``None`` (all parameters with ``requires_grad``), a callable
             ``(name, parameter) -> bool``, or a list of parameter names.
         budget_params: the parameter count whose ``N`` gradients set the memory budget of
-            automatic chunks (see :func:`resolve_chunk_size`); default: the selected ``P``.
+            automatic chunks (see :func:`~symcoherence.coherence.chunking.resolve_chunk_size`);
+            default: the selected ``P``.
+        layer_hooks: try layer hooks before ``vmap`` (``False``: ``vmap`` or the loop only).
 
     Attributes:
         params: the selected parameters, detached ``{name: tensor}``.
@@ -197,6 +202,7 @@ class FunctionalModel:
         layout: their :class:`ParameterLayout` (``layout.size`` is ``P``).
         device: the device of the selected parameters.
         dtype: their real dtype (``float32`` for ``complex64`` parameters).
+        engine: ``"layers"``, ``"vmap"`` or ``"loop"``: how the next chunk will be computed.
     """
 
     def __init__(
@@ -558,7 +564,7 @@ def per_sample_grads(
             (e.g. :func:`~symcoherence.coherence.smse`).
         inputs: ``(N, C, H, W)``.
         targets: ``(N, ...)``, one per input.
-        chunk_size: samples per vmapped call: ``"auto"`` (bounded memory, never slower than a loop
+        chunk_size: samples per batched call: ``"auto"`` (bounded memory, never slower than a loop
             on CPU), a positive int, or ``None`` for all at once. ``1`` runs a plain loop of
             ``torch.autograd.grad``, which is also what a model that ``vmap`` cannot batch falls
             back to (with a warning naming the cause).

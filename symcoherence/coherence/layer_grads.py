@@ -8,24 +8,25 @@ the layer saw and what came back to it: with ``δ_n = ∂loss_n/∂y_n``,
     ∇_W loss_n = \sum_t δ_{n,t} \, u_{n,t}^\top, \qquad ∇_b loss_n = \sum_t δ_{n,t},
 
 where ``t`` runs over the positions the weight is applied at and ``u_{n,t}`` is the input patch
-there (the input itself for ``nn.Linear``, an unfolded ``k×k`` patch for ``nn.Conv2d``, the
-normalized input ``x̂`` with elementwise products for the affine part of ``nn.GroupNorm``,
-``nn.LayerNorm`` and ``nn.BatchNorm1d/2d`` in eval mode). Samples do not interact, so one batched backward of ``Σ_n loss_n`` delivers
-every ``δ_n`` at once, and the per-sample gradients cost about one batched forward and backward
-plus these products — instead of one backward per sample (a loop) or a ``vmap`` of ``grad``,
-which on a CPU batches poorly.
+there (the input itself for ``nn.Linear``, a ``k×k`` patch for ``nn.Conv2d``, the normalized
+input ``x̂`` with elementwise products for the affine part of ``nn.GroupNorm``, ``nn.LayerNorm``
+and ``nn.BatchNorm1d/2d`` in eval mode). Samples do not interact, so one batched backward of
+``Σ_n loss_n`` delivers every ``δ_n`` at once, and the per-sample gradients cost about one batched
+forward and backward plus these products — instead of one backward per sample (a loop) or a
+``vmap`` of ``grad``, which on a CPU batches poorly. The convolution's products are the weight
+gradient of one grouped convolution, with the samples stacked as groups.
 
 :class:`LayerGradients` covers a model when every selected parameter is the ``weight`` or
-``bias`` of a layer of a supported type whose ``forward`` is not overridden. It registers forward
+``bias`` of a layer of a supported type (exactly: a subclass may compute differently). It registers forward
 hooks for one call, and a gradient hook on each covered layer's output that turns ``δ`` into
-per-sample gradients as soon as the backward reaches it. The parameters do not require gradients;
-the input does, so the backward runs down to the first layer and computes no summed weight
-gradient. A layer called several times in one forward adds up its calls.
+per-sample gradients as soon as the backward reaches it. Only the input's gradient is asked for,
+so the backward runs down to the first layer and computes no summed weight gradient. A layer called several times in one forward adds up its calls.
 
 What hooks cannot see — a parameter also used outside its layer's ``forward``, a layer whose
 output does not depend on the input, samples that interact (batch statistics) — gives a wrong
-result rather than an error, so :class:`~symcoherence.coherence.FunctionalModel` checks the first
-block against a plain autograd gradient of one sample and falls back to ``vmap`` if they differ.
+result rather than an error, so :class:`~symcoherence.coherence.per_sample.FunctionalModel`
+checks the first block against a plain autograd gradient of one sample and falls back to ``vmap``
+if they differ.
 
 Example:
     >>> import torch
@@ -187,7 +188,7 @@ class LayerGradients:
         """The hook engine for ``params`` (``{name: tensor}``) of ``model``, or ``None``.
 
         ``None`` when a selected parameter is complex, not the ``weight`` / ``bias`` of a layer
-        of a supported type with that type's own ``forward``, or shared between layers.
+        whose type is exactly one of :data:`RULES`, or shared between layers.
         """
         owners: dict[str, tuple[nn.Module, str]] = {}
         holders: dict[int, nn.Module] = {}
@@ -218,7 +219,7 @@ class LayerGradients:
         """Write the per-sample gradients of ``loss_fn(forward(x)[i], y[i])`` into ``out``.
 
         Args:
-            forward: the model on a batch, with parameters that do not require gradients.
+            forward: the model on a batch.
             loss_fn: per-sample loss on unbatched tensors.
             inputs: ``(n, ...)``.
             targets: ``(n, ...)``.

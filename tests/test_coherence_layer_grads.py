@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 import symcoherence as sc
-from symcoherence.coherence.layer_grads import LayerGradients
+from symcoherence.coherence.layer_grads import LayerGradients, register_rule
 from symcoherence.coherence.per_sample import FunctionalModel, grad_mode
-from symcoherence.models import UNet2d
+from symcoherence.models import FNO2d, UNet2d
 from symcoherence.testing import TOLERANCES, reference_grads
 
 
@@ -266,3 +266,50 @@ def test_batch_norm_in_eval_mode_is_covered_and_in_training_mode_refused():
     check(net.eval(), x, y)
     with pytest.raises(ValueError, match="training mode"):
         sc.per_sample_grads(net.train(), sc.smse, x, y)
+
+
+# --- rules for layers of one's own --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("positional_embedding", [False, True])
+def test_the_fno_spectral_layers_have_a_rule_that_matches_the_loop(positional_embedding):
+    torch.manual_seed(0)
+    net = FNO2d(1, 1, modes=3, width=4, layers=2, positional_embedding=positional_embedding)
+    check(net.double(), *fields(5, 1, 12))
+
+
+class Gain(nn.Module):
+    """A learned per-channel gain: ``y = g ⊙ x``."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.gain = nn.Parameter(1 + 0.1 * torch.randn(channels))
+
+    def forward(self, x):
+        return self.gain[:, None, None] * x
+
+
+class BadGain(Gain):
+    """The same layer with a rule that forgets the input."""
+
+
+def gain_net(cls):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), cls(2), nn.Tanh(), nn.Conv2d(2, 1, 1))
+
+
+def test_a_registered_rule_covers_a_layer_of_ones_own():
+    register_rule(Gain, lambda module, x, delta: {"gain": (delta * x).sum((2, 3))})
+    check(gain_net(Gain).double(), *fields(4, 1, 6))
+
+
+def test_a_wrong_rule_falls_back_to_vmap_instead_of_giving_wrong_gradients():
+    register_rule(BadGain, lambda module, x, delta: {"gain": delta.sum((2, 3))})
+    check(gain_net(BadGain).double(), *fields(4, 1, 6), engine="vmap")
+
+
+def test_register_rule_refuses_what_is_not_a_layer_type_and_a_rule():
+    with pytest.raises(TypeError, match="nn.Module subclass"):
+        register_rule(Gain(2), lambda module, x, delta: {})
+    with pytest.raises(TypeError, match="callable"):
+        register_rule(Gain, "gain")

@@ -157,6 +157,28 @@ RULES: dict[type[nn.Module], Rule] = {
     nn.GroupNorm: _group_norm,
     nn.LayerNorm: _layer_norm,
 }
+_STANDARD = frozenset(RULES)
+
+
+def register_rule(layer_type: type[nn.Module], rule: Rule) -> None:
+    """Teach the hooks a layer type of one's own.
+
+    Args:
+        layer_type: the exact module class (subclasses are not covered by it).
+        rule: ``rule(module, x, delta) -> {local parameter name: (n, *shape)}``: the per-sample
+            gradients of ``Σ_n loss_n`` with respect to the layer's parameters, from its input
+            ``x`` (the first positional argument of ``forward``) and the gradient ``delta`` with
+            respect to its output, both batched over ``n``. (Complex parameters are not covered;
+            store complex weights as real tensors with a trailing ``(real, imag)`` axis.)
+
+    The first measurement of every model checks the hooks against plain autograd on one sample, so
+    a wrong rule makes the engine fall back to ``vmap`` rather than give wrong numbers.
+    """
+    if not (isinstance(layer_type, type) and issubclass(layer_type, nn.Module)):
+        raise TypeError(f"layer_type must be an nn.Module subclass, got {layer_type!r}")
+    if not callable(rule):
+        raise TypeError(f"rule must be callable (module, x, delta) -> dict, got {rule!r}")
+    RULES[layer_type] = rule
 
 
 class HookMismatch(RuntimeError):
@@ -203,7 +225,7 @@ class LayerGradients:
                 return None
             module, local = owners[name]
             rule = RULES.get(type(module))
-            if rule is None or local not in ("weight", "bias"):
+            if rule is None or (type(module) in _STANDARD and local not in ("weight", "bias")):
                 return None
             layers.setdefault(module, _Layer(rule, {})).names[local] = name
         return cls(layers)
@@ -269,4 +291,4 @@ class LayerGradients:
         return losses.detach()
 
 
-__all__ = ["RULES", "HookMismatch", "LayerGradients"]
+__all__ = ["RULES", "HookMismatch", "LayerGradients", "register_rule"]

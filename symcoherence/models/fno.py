@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from symcoherence.coherence.layer_grads import register_rule
 from symcoherence.models.base import Backbone, check_sizes, resolve_preset
 
 PRESETS = {
@@ -70,6 +71,34 @@ class SpectralConv2d(nn.Module):
         gap = low.new_zeros(batch, channels, height - 2 * modes, modes)
         kept = torch.cat([low, gap, high], dim=-2)
         return torch.fft.irfft2(kept, s=(height, width))
+
+
+def spectral_conv_grads(
+    module: SpectralConv2d, x: torch.Tensor, delta: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    r"""Per-sample weight gradients of a :class:`SpectralConv2d` from its input and output gradient.
+
+    With ``S = rfft2(x)`` and ``G`` the gradient of the loss with respect to the kept spectrum
+    (the adjoint of ``irfft2`` applied to ``δ``), each retained mode contributes
+    ``∇W_{io} = \overline{S_i} G_o`` (torch's convention for complex gradients), split into the
+    real and imaginary parts that the weight stores. Registered as the layer hooks' rule, so that
+    per-sample gradients of an FNO take one batched backward.
+    """
+    modes = module.modes
+    spectrum = torch.fft.rfft2(x)
+    kept = torch.zeros_like(spectrum)
+    _, adjoint = torch.func.vjp(lambda k: torch.fft.irfft2(k, s=x.shape[-2:]), kept)
+    (upstream,) = adjoint(delta)
+    blocks = [
+        torch.einsum(
+            "nixy,noxy->nioxy", spectrum[..., rows, :modes].conj(), upstream[..., rows, :modes]
+        )
+        for rows in (slice(None, modes), slice(-modes, None))
+    ]
+    return {"weight": torch.view_as_real(torch.stack(blocks, dim=1))}
+
+
+register_rule(SpectralConv2d, spectral_conv_grads)
 
 
 class FNO2d(Backbone):

@@ -10,8 +10,10 @@ Prints:
     (default: identity, adam and the subspace approximation; the Gauss–Newton reference,
     ``gauss_newton``, costs far more at N = 48 on a CPU: see ``bench_gauss_newton.py``).
 
-Runs alternate between the settings (without, default, idle, ...) so that a change in machine load
-hits every setting alike; each ratio uses the fastest of its repeats.
+Every training run is timed in a fresh process (after a short warm-up fit there): successive fits in
+one process slow down (by 10–20 % over six 400-step fits on this machine), which would bias
+whichever setting runs later. The settings alternate, in a rotated order on each repeat, so that a
+change in machine load hits every setting alike; each ratio uses the fastest of its repeats.
 
 Run: ``python benchmarks/bench_callback.py [--metrics identity adam subspace gauss_newton]`` (from
 the repository root).
@@ -20,7 +22,9 @@ the repository root).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,7 +42,7 @@ from symcoherence.models import UNet2d  # noqa: E402
 
 # The quickstart's scale: the small U-Net preset (0.28M parameters) on 32² fields, batch 16,
 # epochs of 200 optimizer steps.
-GRID, BATCH, STEPS_PER_EPOCH, EPOCHS, REPEATS = 32, 16, 200, 2, 3
+GRID, BATCH, STEPS_PER_EPOCH, EPOCHS, REPEATS = 32, 16, 200, 2, 4
 
 
 def module() -> TinyModule:
@@ -92,24 +96,50 @@ def firing_time(metric) -> float:
     return statistics.median(monitor.seconds)
 
 
+SETTINGS = {
+    "without": list,
+    "default": lambda: [sc.OrbitCoherenceMonitor()],
+    "no budget": lambda: [sc.OrbitCoherenceMonitor(max_overhead=None)],
+    "idle": lambda: [sc.OrbitCoherenceMonitor(every_n_epochs=None, every_n_train_steps=10**9)],
+}
+
+
+def timed_run_child(setting: str) -> None:
+    """Runs in a subprocess: a warm-up fit, then print the wall time of one training run."""
+    # imports, thread pools and allocator caches are not the monitor's cost
+    trainer([], max_epochs=1, limit_val_batches=0, limit_train_batches=20).fit(
+        module(), datamodule=data()
+    )
+    print(json.dumps({"seconds": run(SETTINGS[setting]())}))
+
+
+def timed_run(setting: str) -> float:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", setting],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--metrics", nargs="+", default=["identity", "adam", "subspace"], choices=list(METRICS)
     )
-    metrics = parser.parse_args().metrics
+    parser.add_argument("--child", choices=list(SETTINGS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        timed_run_child(args.child)
+        return
+    metrics = args.metrics
     steps = EPOCHS * STEPS_PER_EPOCH
-    run([])  # warm-up: imports, thread pools and allocator caches are not the monitor's cost
-    settings = {
-        "without": list,
-        "default": lambda: [sc.OrbitCoherenceMonitor()],
-        "no budget": lambda: [sc.OrbitCoherenceMonitor(max_overhead=None)],
-        "idle": lambda: [sc.OrbitCoherenceMonitor(every_n_epochs=None, every_n_train_steps=10**9)],
-    }
-    times: dict[str, list[float]] = {name: [] for name in settings}
-    for _ in range(REPEATS):
-        for name, callbacks in settings.items():
-            times[name].append(run(callbacks()))
+    names = list(SETTINGS)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(REPEATS):
+        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+            times[name].append(timed_run(name))
     best = {name: min(values) for name, values in times.items()}
     without, step_time = best["without"], best["without"] / steps
     print(

@@ -173,6 +173,26 @@ def register_rule(layer_type: type[nn.Module], rule: Rule) -> None:
 
     The first measurement of every model checks the hooks against plain autograd on one sample, so
     a wrong rule makes the engine fall back to ``vmap`` rather than give wrong numbers.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> class Gain(nn.Module):  # y = g ⊙ x per channel
+        ...     def __init__(self, channels):
+        ...         super().__init__()
+        ...         self.gain = nn.Parameter(torch.ones(channels))
+        ...     def forward(self, x):
+        ...         return self.gain[:, None, None] * x
+        >>> register_rule(Gain, lambda module, x, delta: {"gain": (delta * x).sum((2, 3))})
+        >>> from symcoherence.coherence import smse
+        >>> from symcoherence.coherence.per_sample import FunctionalModel, grad_mode
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), Gain(2), nn.Tanh())
+        >>> fmodel = FunctionalModel(net)
+        >>> x, y = torch.randn(6, 1, 8, 8), torch.randn(6, 2, 8, 8)
+        >>> with grad_mode():
+        ...     rows = fmodel.flat_grad_matrix(smse, x, y, chunk_size=3).rows
+        >>> fmodel.engine, tuple(rows.shape)
+        ('layers', (6, 22))
     """
     if not (isinstance(layer_type, type) and issubclass(layer_type, nn.Module)):
         raise TypeError(f"layer_type must be an nn.Module subclass, got {layer_type!r}")

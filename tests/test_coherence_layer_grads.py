@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import symcoherence as sc
+from symcoherence.coherence import layer_grads
 from symcoherence.coherence.layer_grads import LayerGradients, register_rule
 from symcoherence.coherence.per_sample import FunctionalModel, grad_mode
 from symcoherence.models import FNO2d, UNet2d
@@ -298,12 +299,18 @@ def gain_net(cls):
     return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), cls(2), nn.Tanh(), nn.Conv2d(2, 1, 1))
 
 
-def test_a_registered_rule_covers_a_layer_of_ones_own():
+@pytest.fixture
+def own_rules(monkeypatch):
+    """Rules registered in the test are forgotten after it."""
+    monkeypatch.setattr(layer_grads, "RULES", dict(layer_grads.RULES))
+
+
+def test_a_registered_rule_covers_a_layer_of_ones_own(own_rules):
     register_rule(Gain, lambda module, x, delta: {"gain": (delta * x).sum((2, 3))})
     check(gain_net(Gain).double(), *fields(4, 1, 6))
 
 
-def test_a_wrong_rule_falls_back_to_vmap_instead_of_giving_wrong_gradients():
+def test_a_wrong_rule_falls_back_to_vmap_instead_of_giving_wrong_gradients(own_rules):
     register_rule(BadGain, lambda module, x, delta: {"gain": delta.sum((2, 3))})
     check(gain_net(BadGain).double(), *fields(4, 1, 6), engine="vmap")
 

@@ -106,16 +106,20 @@ def _conv2d(module: nn.Conv2d, x: torch.Tensor, delta: torch.Tensor) -> dict[str
     }
 
 
-def _group_norm(
-    module: nn.GroupNorm, x: torch.Tensor, delta: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """``∇γ_c = Σ_t δ_{c,t} x̂_{c,t}``, ``∇β_c = Σ_t δ_{c,t}``, ``x̂`` the group-normalized input."""
-    normalized = F.group_norm(x, module.num_groups, eps=module.eps)
-    num, channels = x.shape[:2]
+def _affine(normalized: torch.Tensor, delta: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``∇γ_c = Σ_t δ_{c,t} x̂_{c,t}``, ``∇β_c = Σ_t δ_{c,t}`` for a per-channel affine map of ``x̂``."""
+    num, channels = delta.shape[:2]
     return {
         "weight": (delta * normalized).reshape(num, channels, -1).sum(-1),
         "bias": delta.reshape(num, channels, -1).sum(-1),
     }
+
+
+def _group_norm(
+    module: nn.GroupNorm, x: torch.Tensor, delta: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The affine part's gradients (:func:`_affine`) with ``x̂`` the group-normalized input."""
+    return _affine(F.group_norm(x, module.num_groups, eps=module.eps), delta)
 
 
 def _layer_norm(
@@ -133,7 +137,7 @@ def _layer_norm(
 def _batch_norm(
     module: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, delta: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """``∇γ_c = Σ_t δ_{c,t} x̂_{c,t}``, ``∇β_c = Σ_t δ_{c,t}``, ``x̂`` normalized by running statistics.
+    """The affine part's gradients (:func:`_affine`), ``x̂`` normalized by running statistics.
 
     Only in eval mode with running statistics; in any other mode samples share batch statistics.
     """
@@ -142,11 +146,7 @@ def _batch_norm(
     normalized = F.batch_norm(
         x, module.running_mean, module.running_var, training=False, eps=module.eps
     )
-    num, channels = x.shape[:2]
-    return {
-        "weight": (delta * normalized).reshape(num, channels, -1).sum(-1),
-        "bias": delta.reshape(num, channels, -1).sum(-1),
-    }
+    return _affine(normalized, delta)
 
 
 RULES: dict[type[nn.Module], Rule] = {

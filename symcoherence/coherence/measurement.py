@@ -208,14 +208,12 @@ def measure(
         rule=spec.rule,
     )
     if spec.equivariance:
-        # the gradient passes computed every loss E needs, unless a metric skipped some bras
-        recorded = influence.equivariance
+        # the gradient passes recorded every loss E needs, unless a metric skipped some bras
+        skipped = bool(torch.isnan(influence.bra_norm).any())
         result.equivariance = (
-            recorded
-            if bool(torch.isfinite(influence.bra_norm).all())
-            else equivariance_error(
-                model, loss_fn, inputs, targets, spec.group, elements=names, **types
-            )
+            equivariance_error(model, loss_fn, inputs, targets, spec.group, elements=names, **types)
+            if skipped
+            else influence.equivariance
         )
     if spec.rollout_steps:
         result.rollout = rollout_equivariance_error(

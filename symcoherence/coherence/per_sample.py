@@ -44,6 +44,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from symcoherence.coherence.chunking import ChunkSize, SavedBytes, resolve_chunk_size
 from symcoherence.coherence.layer_grads import HookMismatch, LayerGradients
+from symcoherence.coherence.layout import ParameterLayout
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ParameterFilter = Callable[[str, nn.Parameter], bool] | Iterable[str] | None
@@ -79,49 +80,6 @@ def grad_mode() -> contextlib.ExitStack:
     stack.enter_context(torch.inference_mode(False))
     stack.enter_context(torch.enable_grad())
     return stack
-
-
-class ParameterLayout:
-    """Flattening of a parameter dict into one real vector of length ``P`` (and back).
-
-    A real parameter of shape ``s`` takes ``prod(s)`` entries; a complex one takes ``2·prod(s)``
-    (real and imaginary parts interleaved, as ``torch.view_as_real``).
-    """
-
-    def __init__(self, params: dict[str, torch.Tensor]):
-        self.names = tuple(params)
-        self.shapes = {name: p.shape for name, p in params.items()}
-        self.complex = {name: p.is_complex() for name, p in params.items()}
-        self.sizes = {name: p.numel() * (2 if p.is_complex() else 1) for name, p in params.items()}
-        offsets = [0, *torch.tensor(list(self.sizes.values())).cumsum(0).tolist()]
-        self.slices = {
-            name: slice(start, stop)
-            for name, start, stop in zip(self.names, offsets[:-1], offsets[1:], strict=True)
-        }
-        self.size = offsets[-1]
-
-    def flatten(self, tensors: dict[str, torch.Tensor], batch_dims: int = 1) -> torch.Tensor:
-        """``{name: (*batch, *shape)}`` -> ``(*batch, P)`` real."""
-        parts = []
-        for name in self.names:
-            value = tensors[name]
-            if self.complex[name]:
-                value = torch.view_as_real(value)
-            parts.append(value.reshape(*value.shape[:batch_dims], -1))
-        return torch.cat(parts, dim=-1)
-
-    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``(*batch, P)`` real -> ``{name: (*batch, *shape)}`` (complex where the parameter is)."""
-        batch = flat.shape[:-1]
-        out = {}
-        for name in self.names:
-            piece = flat[..., self.slices[name]]
-            if self.complex[name]:
-                piece = torch.view_as_complex(piece.reshape(*batch, *self.shapes[name], 2))
-            else:
-                piece = piece.reshape(*batch, *self.shapes[name])
-            out[name] = piece
-        return out
 
 
 def select_parameters(
@@ -199,7 +157,8 @@ class FunctionalModel:
         params: the selected parameters, detached ``{name: tensor}``.
         originals: the same parameters as the model holds them (for optimizer-state look-ups).
         constants: the other parameters and the buffers, detached ``{name: tensor}``.
-        layout: their :class:`ParameterLayout` (``layout.size`` is ``P``).
+        layout: their :class:`~symcoherence.coherence.layout.ParameterLayout` (``layout.size``
+            is ``P``).
         device: the device of the selected parameters.
         dtype: their real dtype (``float32`` for ``complex64`` parameters).
         engine: ``"layers"``, ``"vmap"`` or ``"loop"``: how the next chunk will be computed.
@@ -277,8 +236,9 @@ class FunctionalModel:
         On the first call, and with ``chunk_size="auto"`` on the first call for a sample shape,
         the first sample runs alone through plain autograd: its forward measures the activation
         memory that sizes the automatic chunks (:func:`resolve_chunk_size`), and the first call
-        checks that the loss depends on every selected parameter. The other samples follow in chunks, through layer hooks where
-        they cover the model (:attr:`engine` ``"layers"``), else ``vmap`` or the loop.
+        checks that the loss depends on every selected parameter. The other samples follow in
+        chunks, through layer hooks where they cover the model (:attr:`engine` ``"layers"``), else
+        ``vmap`` or the loop.
 
         Raises:
             ValueError: if the loss on the first sample does not depend on some selected
@@ -604,7 +564,6 @@ def per_sample_grads(
 __all__ = [
     "FunctionalModel",
     "GradientRows",
-    "ParameterLayout",
     "gather_rows",
     "per_sample_grads",
     "select_parameters",

@@ -83,13 +83,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from symcoherence.coherence.chunking import ChunkSize
+from symcoherence.coherence.layout import ParameterLayout
 from symcoherence.coherence.metrics import DiagonalMetric, Metric
 from symcoherence.coherence.per_sample import (
-    ChunkSize,
     FunctionalModel,
     GradientRows,
     LossFn,
-    ParameterLayout,
     Randomness,
     _tied_aliases,
     gather_rows,
@@ -322,7 +322,7 @@ class ProjectedGradients:
         scale: ``diag(M)^{-1/2}`` ``(P,)`` in ``fmodel``'s layout, or ``None`` for ``M = I``.
 
     Attributes:
-        layout: a :class:`~symcoherence.coherence.per_sample.ParameterLayout` of the projected
+        layout: a :class:`~symcoherence.coherence.layout.ParameterLayout` of the projected
             vector (``layout.size`` is ``d``; ``layout.slices[name]`` the columns of a tensor).
         device: where the projected gradients live.
     """

@@ -6,7 +6,12 @@ acted on by a representation ``ρ``. The field type fixes ``ρ`` channel by chan
 * ``"scalar"`` (density, pressure, height, divergence): ``ρ(g) = 1``;
 * ``"pseudoscalar"`` (vorticity in 2-D): ``ρ(g) = det M_g``, i.e. the sign flips under reflections;
 * ``"vector"`` (velocity): two consecutive channels ``(u_x, u_y)`` with ``x`` the **last** array axis
-  and ``y`` the second-to-last; ``ρ(g) = M_g``, the 2×2 linear part of the element.
+  and ``y`` the second-to-last; ``ρ(g) = M_g``, the 2×2 linear part of the element;
+* ``"tensor"`` (a rank-2 tensor: velocity gradient ``∂_j u_i``, strain rate, stress, conformation):
+  four consecutive channels ``(T_xx, T_xy, T_yx, T_yy)`` (row-major, ``T_ij`` at channel
+  ``2 i + j``) transforming as ``T ↦ M_g T M_gᵀ``, i.e. ``T'_ij = Σ_kl M_ik M_jl T_kl``. A symmetric
+  tensor (strain rate, stress) is stored with all four components (``T_xy = T_yx``); the action
+  keeps it symmetric.
 
 Example:
     >>> from symcoherence.groups import FieldType
@@ -23,16 +28,19 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-KINDS = ("scalar", "pseudoscalar", "vector")
-_WIDTH = {"scalar": 1, "pseudoscalar": 1, "vector": 2}
+KINDS = ("scalar", "pseudoscalar", "vector", "tensor")
+KIND_CHANNELS = {"scalar": 1, "pseudoscalar": 1, "vector": 2, "tensor": 4}
+"""Channels each kind occupies."""
+_WIDTH = KIND_CHANNELS
 
 
 class FieldType:
     """The per-channel transformation law of a field with layout ``(..., C, H, W)``.
 
     Args:
-        kinds: one entry per *field* (not per channel): ``"scalar"``, ``"pseudoscalar"`` or
-            ``"vector"``. A vector occupies two consecutive channels ``(x, y)``.
+        kinds: one entry per *field* (not per channel): ``"scalar"``, ``"pseudoscalar"``,
+            ``"vector"`` or ``"tensor"``. A vector occupies two consecutive channels ``(x, y)``, a
+            rank-2 tensor four, ``(xx, xy, yx, yy)``.
 
     Raises:
         TypeError: if ``kinds`` is a bare string instead of a sequence.
@@ -55,7 +63,7 @@ class FieldType:
 
     @property
     def num_channels(self) -> int:
-        """Number of array channels (a vector counts two)."""
+        """Number of array channels (a vector counts two, a tensor four)."""
         return sum(_WIDTH[k] for k in self.kinds)
 
     def repeat(self, times: int) -> FieldType:
@@ -82,7 +90,9 @@ class FieldType:
 
         For ``M`` a 2×2 signed permutation (an element of O(2) that maps the lattice to itself),
         output channel ``c`` equals ``sign[c] * input[source[c]]``: scalars are copied, pseudoscalars
-        are multiplied by ``det M`` and vectors ``(u_x, u_y)`` are mapped to ``M @ (u_x, u_y)``.
+        are multiplied by ``det M``, vectors ``(u_x, u_y)`` are mapped to ``M @ (u_x, u_y)`` and
+        tensors to ``M T Mᵀ``: with ``M_ik = σ_i δ_{k π(i)}`` (one ``±1`` per row),
+        ``(M T Mᵀ)_ij = σ_i σ_j T_{π(i) π(j)}``.
 
         Args:
             matrix: ``[[m_xx, m_xy], [m_yx, m_yy]]`` with exactly one ``±1`` per row and column.
@@ -92,6 +102,9 @@ class FieldType:
         """
         (a, b), (c, d) = matrix
         det = a * d - b * c
+        # row i of M: its single nonzero column pi[i] and that entry's sign sigma[i]
+        pi = [0 if row[0] != 0 else 1 for row in matrix]
+        sigma = [float(row[pi[i]]) for i, row in enumerate(matrix)]
         source: list[int] = []
         sign: list[float] = []
         for kind, start in self.blocks():
@@ -101,11 +114,15 @@ class FieldType:
             elif kind == "pseudoscalar":
                 source.append(start)
                 sign.append(float(det))
-            else:  # vector: out_x = a u_x + b u_y, out_y = c u_x + d u_y
-                for row_first, row_second in ((a, b), (c, d)):
-                    offset = 0 if row_first != 0 else 1
-                    source.append(start + offset)
-                    sign.append(float(row_first if row_first != 0 else row_second))
+            elif kind == "vector":  # out_i = sigma_i u_{pi(i)}
+                for i in range(2):
+                    source.append(start + pi[i])
+                    sign.append(sigma[i])
+            else:  # tensor: out_ij = sigma_i sigma_j T_{pi(i) pi(j)}, channel 2 i + j
+                for i in range(2):
+                    for j in range(2):
+                        source.append(start + 2 * pi[i] + pi[j])
+                        sign.append(sigma[i] * sigma[j])
         return source, sign
 
     def check(self, field: torch.Tensor, name: str = "field") -> None:

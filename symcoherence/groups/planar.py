@@ -18,7 +18,11 @@ D4 conventions:
   ``e, r, r2, r3, s, sr, sr2, sr3``.
 
 Composition of affine maps, ``(M₁, t₁) ∘ (M₂, t₂) = (M₁M₂, M₁t₂ + t₁)``, is how :meth:`compose`
-works; translations are reduced modulo ``period`` cells when a period is given.
+works; translations are reduced modulo ``period`` cells when a period is given. ``period`` is one
+number for a square periodic grid or a pair ``(p_x, p_y)`` for a rectangular one, with ``None`` for an
+axis that is not periodic (a channel periodic in ``x`` between walls in ``y`` is ``(n_x, None)``).
+A mirror between walls, ``y ↦ (n_y − 1) − y``, is the affine map ``(diag(1, −1), (0, n_y − 1))``: its
+translation is not reduced on the non-periodic axis, and the grid part is then a plain flip.
 
 Example:
     >>> import torch
@@ -88,6 +92,35 @@ class Affine:
         return self.matrix[0][0] == 0
 
 
+def axis_periods(period: Any) -> tuple[int | None, int | None]:
+    """``(p_x, p_y)`` from a ``period`` argument: ``None``, one number, or a pair (``None`` = open).
+
+    Raises:
+        ValueError: for anything else, or a period that is not a positive integer.
+    """
+    if period is None:
+        return (None, None)
+    pair = (period, period) if isinstance(period, int) else period
+    if (
+        isinstance(pair, str)
+        or not isinstance(pair, Sequence)
+        or len(pair) != 2
+        or any(
+            p is not None and (isinstance(p, bool) or not isinstance(p, int) or p < 1) for p in pair
+        )
+    ):
+        raise ValueError(
+            f"period must be a positive number of grid cells or a pair (p_x, p_y) with None for a "
+            f"non-periodic axis, got {period!r}"
+        )
+    return (pair[0], pair[1])
+
+
+def _plain(period: Any) -> Any:
+    """``period`` as JSON-friendly data (a pair becomes a list)."""
+    return period if period is None or isinstance(period, int) else list(period)
+
+
 def _negate_axis(field: torch.Tensor, dim: int) -> torch.Tensor:
     """``out[k] = field[-k mod n]`` along ``dim``: the point reflection about index 0."""
     return torch.roll(torch.flip(field, dims=(dim,)), shifts=1, dims=dim)
@@ -133,7 +166,9 @@ class LatticeGroup(TransformGroup):
     Args:
         name: short name used in logged keys.
         table: element name -> :class:`Affine`; the first entry must be the identity.
-        period: if given, translations are taken modulo ``period`` cells in ``compose``.
+        period: if given, translations are taken modulo ``period`` cells in ``compose``: one number
+            (square grid, both axes) or a pair ``(p_x, p_y)`` with ``None`` for a non-periodic axis.
+            The action then requires a grid of exactly that size along every periodic axis.
         subpixel: translate with Fourier phase ramps (exact only for band-limited fields)
             instead of integer rolls.
     """
@@ -142,7 +177,7 @@ class LatticeGroup(TransformGroup):
         self,
         name: str,
         table: dict[str, Affine],
-        period: int | None = None,
+        period: int | Sequence[int | None] | None = None,
         subpixel: bool = False,
     ):
         if not table:
@@ -150,12 +185,11 @@ class LatticeGroup(TransformGroup):
         first_name, first = next(iter(table.items()))
         if first != Affine():
             raise ValueError(f"the first element of {name} must be the identity, got {first_name}")
-        if period is not None and (not isinstance(period, int) or period < 1):
-            raise ValueError(f"period must be a positive number of grid cells, got {period!r}")
         self.name = name
         self.table = dict(table)
         self.elements = tuple(table)
-        self.period = period
+        self.periods = axis_periods(period)
+        self.period = period if period is None or isinstance(period, int) else self.periods
         self.subpixel = subpixel
 
     # ------------------------------------------------------------------ actions
@@ -165,11 +199,15 @@ class LatticeGroup(TransformGroup):
         field_type.check(field)
         affine = self.table[element]
         height, width = field.shape[-2:]
-        if self.period is not None and (height, width) != (self.period, self.period):
+        period_x, period_y = self.periods
+        if (period_x is not None and width != period_x) or (
+            period_y is not None and height != period_y
+        ):
+            hint = width if height == width else (width, height)
             raise ValueError(
                 f"{self.name} composes translations with a period of {self.period} cells but the "
                 f"grid is {height}×{width} (shape {tuple(field.shape)}); build the group with "
-                f"period={width} for this grid"
+                f"period={hint} for this grid"
             )
         if affine.swaps_axes and height != width:
             raise ValueError(
@@ -194,12 +232,15 @@ class LatticeGroup(TransformGroup):
 
     # ------------------------------------------------------------------ structure
     def _reduce(self, affine: Affine) -> Affine:
-        if self.period is None:
+        if self.periods == (None, None):
             return affine
-        p = self.period
-        shift = tuple(((s % p) + p) % p for s in affine.shift)
-        shift = tuple(0.0 if abs(s - p) < _TOLERANCE else s for s in shift)
-        return Affine(affine.matrix, shift)  # type: ignore[arg-type]
+        shift = []
+        for s, p in zip(affine.shift, self.periods, strict=True):
+            if p is not None:
+                s = ((s % p) + p) % p
+                s = 0.0 if abs(s - p) < _TOLERANCE else s
+            shift.append(s)
+        return Affine(affine.matrix, tuple(shift))  # type: ignore[arg-type]
 
     def _lookup(self, affine: Affine, what: str) -> str:
         target = self._reduce(affine)
@@ -232,7 +273,7 @@ class LatticeGroup(TransformGroup):
                 name: {"matrix": [list(r) for r in aff.matrix], "shift": list(aff.shift)}
                 for name, aff in self.table.items()
             },
-            "period": self.period,
+            "period": self.period if not isinstance(self.period, tuple) else list(self.period),
             "subpixel": self.subpixel,
         }
 
@@ -330,6 +371,8 @@ class Shifts(LatticeGroup):
         line: ``("x" | "y", [d, ...])``: shifts along one axis.
         period: grid size in cells; translations are then composed modulo it (needed for the
             set to be closed, e.g. ``Shifts(line=("x", range(n)), period=n)`` is the cyclic group).
+            A pair ``(p_x, p_y)`` (``None`` for a non-periodic axis) serves rectangular grids:
+            ``Shifts(line=("x", range(n_x)), period=(n_x, None))`` on an ``n_y × n_x`` channel.
     """
 
     def __init__(
@@ -338,12 +381,12 @@ class Shifts(LatticeGroup):
         *,
         box: int | None = None,
         line: tuple[str, Sequence[int]] | None = None,
-        period: int | None = None,
+        period: int | Sequence[int | None] | None = None,
     ):
         values = _shift_list(shifts, box, line, integer=True)
         table = {("e" if s == (0.0, 0.0) else _shift_name(s)): Affine(_IDENTITY, s) for s in values}
         super().__init__("Shifts", table, period=period)
-        self._record_arguments(shifts=[list(v) for v in values], period=period)
+        self._record_arguments(shifts=[list(v) for v in values], period=_plain(period))
 
 
 class FourierShifts(LatticeGroup):
@@ -360,12 +403,12 @@ class FourierShifts(LatticeGroup):
         *,
         box: int | None = None,
         line: tuple[str, Sequence[float]] | None = None,
-        period: int | None = None,
+        period: int | Sequence[int | None] | None = None,
     ):
         values = _shift_list(shifts, box, line, integer=False)
         table = {("e" if s == (0.0, 0.0) else _shift_name(s)): Affine(_IDENTITY, s) for s in values}
         super().__init__("FourierShifts", table, period=period, subpixel=True)
-        self._record_arguments(shifts=[list(v) for v in values], period=period)
+        self._record_arguments(shifts=[list(v) for v in values], period=_plain(period))
 
 
 class Product(LatticeGroup):
@@ -397,13 +440,26 @@ class Product(LatticeGroup):
                 if label in table:
                     raise ValueError(f"element name {label!r} occurs twice in the product")
                 table[label] = a @ b
-        periods = {p for p in (first.period, second.period) if p is not None}
-        if len(periods) > 1:
-            raise ValueError(f"the factors have different periods {sorted(periods)}")
+        merged = []
+        for axis, (p, q) in enumerate(zip(first.periods, second.periods, strict=True)):
+            if p is not None and q is not None and p != q:
+                raise ValueError(
+                    f"the factors have different periods along {'xy'[axis]}: {p} and {q} cells; "
+                    "build both for the same grid"
+                )
+            merged.append(p if p is not None else q)
+        simple = [f.period for f in (first, second) if isinstance(f.period, int)]
+        period: int | tuple[int | None, int | None] | None
+        if merged == [None, None]:
+            period = None
+        elif simple and merged == [simple[0], simple[0]]:
+            period = simple[0]
+        else:
+            period = (merged[0], merged[1])
         super().__init__(
             name or f"{first.name}x{second.name}",
             table,
-            period=periods.pop() if periods else None,
+            period=period,
             subpixel=first.subpixel or second.subpixel,
         )
         self.factors = (first, second)

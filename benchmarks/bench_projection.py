@@ -32,7 +32,7 @@ from common import status_kib
 
 import symcoherence as sc
 from symcoherence.coherence import Projection
-from symcoherence.coherence.projection import DEFAULT_DIM
+from symcoherence.coherence.gradients.projection import DEFAULT_DIM
 from symcoherence.models import FNO2d, UNet2d
 
 KIND = sc.FieldType(["pseudoscalar"])
@@ -83,7 +83,7 @@ def measure(name: str, dim: int, args: argparse.Namespace) -> dict:
 
 def report(name: str, dims: list[int], args: argparse.Namespace) -> None:
     model, x, y, kwargs = build(name, args.large_width)
-    fmodel = sc.coherence.per_sample.FunctionalModel(model, kwargs["parameter_filter"])
+    fmodel = sc.coherence.gradients.FunctionalModel(model, kwargs["parameter_filter"])
     params, probes = fmodel.layout.size, x.shape[0]
     kets = probes * params * 4
     del model, fmodel

@@ -353,7 +353,7 @@ def aggregate(records: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
 def rule_rates(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """False-positive and hit rates of every candidate rule under every metric."""
     from symcoherence.coherence import DecisionRule
-    from symcoherence.coherence.summary import ElementSummary
+    from symcoherence.coherence.statistics.summary import ElementSummary
 
     def flags(record: dict[str, Any], rule: Any, elements: tuple[str, ...] | None):
         out = []

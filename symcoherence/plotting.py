@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from symcoherence.coherence.summary import Summary
+from symcoherence.coherence.statistics.summary import Summary
 
 
 def _figure(width: float, height: float) -> Any:

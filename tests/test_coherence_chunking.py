@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import symcoherence as sc
-from symcoherence.coherence.chunking import SavedBytes, resolve_chunk_size
-from symcoherence.coherence.per_sample import FunctionalModel
+from symcoherence.coherence.gradients.chunking import SavedBytes, resolve_chunk_size
+from symcoherence.coherence.gradients.functional import FunctionalModel
 from symcoherence.testing import TOLERANCES, reference_grads
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # a device type; no GPU is touched
@@ -131,7 +131,7 @@ def test_the_first_sample_sizes_the_chunks_and_runs_once():
     net = Counting(wide_net())
     x, y = fields(6, 96)
     fmodel = FunctionalModel(net, layer_hooks=False)
-    with sc.coherence.per_sample.grad_mode():
+    with sc.coherence.gradients.parameters.grad_mode():
         blocks = list(fmodel.grad_blocks(sc.smse, x, y, chunk_size="auto"))
     sizes = [samples.stop - samples.start for samples, _ in blocks]
     assert sizes == [1] * 6  # 2 · 4.7 MiB per sample: memory allows fewer than 4, so a loop
@@ -145,7 +145,7 @@ def test_small_activations_keep_wide_vmapped_chunks():
     net = Counting(tiny_net().double())
     x, y = fields(10, 8)
     fmodel = FunctionalModel(net, layer_hooks=False)
-    with sc.coherence.per_sample.grad_mode():
+    with sc.coherence.gradients.parameters.grad_mode():
         blocks = list(fmodel.grad_blocks(sc.smse, x, y, chunk_size="auto"))
     assert [samples.stop - samples.start for samples, _ in blocks] == [1, 8, 1]
     assert net.calls == 3
@@ -158,7 +158,7 @@ def test_layer_hooks_batch_past_the_vmap_cap_after_one_check():
     net = Counting(tiny_net().double())
     x, y = fields(10, 8)
     fmodel = FunctionalModel(net)
-    with sc.coherence.per_sample.grad_mode():
+    with sc.coherence.gradients.parameters.grad_mode():
         blocks = list(fmodel.grad_blocks(sc.smse, x, y, chunk_size="auto"))
     assert fmodel.engine == "layers"
     assert [samples.stop - samples.start for samples, _ in blocks] == [1, 9]

@@ -7,9 +7,9 @@ from torch import nn
 
 import symcoherence as sc
 from symcoherence.coherence import GaussNewton
-from symcoherence.coherence.gauss_newton import batched_cg
-from symcoherence.coherence.metrics import InfluenceProblem
-from symcoherence.coherence.per_sample import FunctionalModel
+from symcoherence.coherence.gradients.functional import FunctionalModel
+from symcoherence.coherence.metrics.base import InfluenceProblem
+from symcoherence.coherence.metrics.cg import batched_cg
 from symcoherence.testing import TOLERANCES as TOL
 from symcoherence.testing.reference import dense_gauss_newton, reference_grads
 

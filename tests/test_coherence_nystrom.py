@@ -6,9 +6,10 @@ import pytest
 import torch
 from helpers.zoo import data, make
 
-from symcoherence.coherence.gauss_newton import GaussNewtonMatrix, LinearizedModel, batched_cg
-from symcoherence.coherence.nystrom import NystromSketch, trace_estimate
-from symcoherence.coherence.per_sample import FunctionalModel
+from symcoherence.coherence.gradients.functional import FunctionalModel
+from symcoherence.coherence.metrics.cg import batched_cg
+from symcoherence.coherence.metrics.linearized import GaussNewtonMatrix, LinearizedModel
+from symcoherence.coherence.metrics.nystrom import NystromSketch, trace_estimate
 from symcoherence.testing import TOLERANCES as TOL
 from symcoherence.testing.reference import dense_gauss_newton
 

@@ -16,9 +16,9 @@ from torch import nn
 
 import symcoherence as sc
 from symcoherence.coherence import GaussNewton, Identity, MeasurementSpec, Projection, measure
-from symcoherence.coherence.metrics import Adam
-from symcoherence.coherence.per_sample import FunctionalModel
-from symcoherence.coherence.projection import DEFAULT_DIM, allocate
+from symcoherence.coherence.gradients.functional import FunctionalModel
+from symcoherence.coherence.gradients.projection import DEFAULT_DIM, allocate
+from symcoherence.coherence.metrics.diagonal import Adam, projection_scale
 from symcoherence.models import FNO2d, UNet2d
 from symcoherence.testing import TOLERANCES
 
@@ -58,7 +58,9 @@ def mixer(cls=Mixer, dtype=torch.float64):
 
 def bound(model, dim, metric=None, seed=0):
     fmodel = FunctionalModel(model)
-    return Projection(dim=dim, seed=seed).bind(model, fmodel, metric or Identity()), fmodel
+    return Projection(dim=dim, seed=seed).bind(
+        model, fmodel, projection_scale(metric or Identity(), fmodel)
+    ), fmodel
 
 
 def flat(grad):

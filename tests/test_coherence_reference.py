@@ -100,7 +100,7 @@ def test_adam_metric_matches_reference():
 
 
 def test_automatic_chunk_sizes():
-    from symcoherence.coherence.chunking import resolve_chunk_size
+    from symcoherence.coherence.gradients.chunking import resolve_chunk_size
 
     cpu = torch.device("cpu")
     assert resolve_chunk_size("auto", 16, 1_000, torch.float32, cpu) == 8  # CPU cap

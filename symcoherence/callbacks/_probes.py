@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from symcoherence.coherence import LossFn, MeasurementSpec, smse
-from symcoherence.coherence.per_sample import check_modes
+from symcoherence.coherence.gradients.parameters import check_modes
 
 SPLITS = ("train", "val", "test")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)

@@ -1,10 +1,21 @@
-"""Orbit influence with ``torch.func``: per-sample gradients, metrics, statistics, one ``measure``.
+"""Orbit influence: per-sample gradients, metrics, statistics, and one ``measure``.
 
-Pure torch; Lightning never enters this package. The pieces, in the order a measurement uses them:
+Pure torch; Lightning never enters this package. Three rooms hold the parts, and the measurement
+that uses them sits at this level:
+
+* :mod:`.gradients` — per-sample gradients: layer hooks (one batched backward) where they cover
+  the model, ``torch.func.vmap`` where they do not, a per-sample loop where ``vmap`` cannot batch
+  it; the parameter layout, chunk sizing and random projections;
+* :mod:`.metrics` — the metrics ``M`` (identity, Adam, Gauss–Newton and its solvers);
+* :mod:`.statistics` — normalizations, per-probe statistics with their bootstrap, decision rules,
+  summaries and the logged keys.
+
+The measurement, in the order it runs:
 
 * :class:`MeasurementSpec` — every setting, validated once; :func:`measure` — the one path that
   the callback, ``symcoherence analyze`` and scripts share, returning a :class:`Measurement`;
-* :func:`per_sample_grads` — ``a_n = ∇θ loss(f_θ(x_n), y_n)`` with ``vmap(grad)``;
+* :func:`per_sample_grads` — ``a_n = ∇θ loss(f_θ(x_n), y_n)`` (see :mod:`.gradients`);
+  :func:`register_rule` teaches the layer hooks a layer type of one's own;
 * metrics ``M``: :class:`Identity`, :class:`Adam`, :class:`GaussNewton`;
 * :func:`orbit_influence` — ``H^g[n, m] = (b_n^g)ᵀ M⁻¹ a_m``, streamed over elements, exactly
   or on seeded random projections of the gradients (:class:`Projection`, for large models);
@@ -26,20 +37,22 @@ Example:
     True
 """
 
-from symcoherence.coherence.decision import DecisionRule
 from symcoherence.coherence.equivariance import equivariance_error, rollout_equivariance_error
-from symcoherence.coherence.gauss_newton import GaussNewton
+from symcoherence.coherence.gradients import LossFn, Projection, per_sample_grads, register_rule
 from symcoherence.coherence.influence import orbit_influence
-from symcoherence.coherence.keys import Keys
 from symcoherence.coherence.loss import smse
 from symcoherence.coherence.measurement import Measurement, measure
-from symcoherence.coherence.metrics import Adam, DiagonalMetric, Identity, Metric
-from symcoherence.coherence.normalization import NORMALIZATIONS, normalize
-from symcoherence.coherence.per_sample import LossFn, per_sample_grads
-from symcoherence.coherence.projection import Projection
+from symcoherence.coherence.metrics import Adam, DiagonalMetric, GaussNewton, Identity, Metric
 from symcoherence.coherence.result import OrbitInfluence
 from symcoherence.coherence.spec import METRIC_NAMES, MeasurementSpec, resolve_metric
-from symcoherence.coherence.summary import ElementSummary, Summary
+from symcoherence.coherence.statistics import (
+    NORMALIZATIONS,
+    DecisionRule,
+    ElementSummary,
+    Keys,
+    Summary,
+    normalize,
+)
 
 __all__ = [
     "METRIC_NAMES",
@@ -63,6 +76,7 @@ __all__ = [
     "normalize",
     "orbit_influence",
     "per_sample_grads",
+    "register_rule",
     "resolve_metric",
     "rollout_equivariance_error",
     "smse",

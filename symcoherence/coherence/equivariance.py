@@ -33,8 +33,8 @@ import torch
 from torch import nn
 from torch.func import vmap
 
+from symcoherence.coherence.gradients.parameters import LossFn, check_modes
 from symcoherence.coherence.influence import check_fields, resolve_elements
-from symcoherence.coherence.per_sample import LossFn, check_modes
 from symcoherence.groups import FieldType, Group
 
 

@@ -31,27 +31,29 @@ Example:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from symcoherence.coherence.metrics import Identity, InfluenceProblem, Metric
-from symcoherence.coherence.normalization import check_normalization
-from symcoherence.coherence.per_sample import (
-    ChunkSize,
-    FunctionalModel,
+from symcoherence.coherence.gradients.chunking import ChunkSize
+from symcoherence.coherence.gradients.functional import FunctionalModel
+from symcoherence.coherence.gradients.parameters import (
     LossFn,
     ParameterFilter,
     Randomness,
-    _plain,
     check_modes,
     check_pair,
     grad_mode,
+    plain,
 )
-from symcoherence.coherence.projection import ProjectedGradients, Projection
+from symcoherence.coherence.gradients.projection import ProjectedGradients, Projection
+from symcoherence.coherence.gradients.rows import GradientRows
+from symcoherence.coherence.metrics.base import InfluenceProblem, Metric
+from symcoherence.coherence.metrics.diagonal import Identity, projection_scale
 from symcoherence.coherence.result import OrbitInfluence
 from symcoherence.coherence.spec import resolve_metric
+from symcoherence.coherence.statistics.normalization import check_normalization
 from symcoherence.groups import FieldType, Group
 
 
@@ -177,41 +179,25 @@ def orbit_influence(
     with grad_mode():
         fmodel = FunctionalModel(model, parameter_filter)
         # projected gradients carry the metric's diagonal, so they meet under the identity
-        source = fmodel if projection is None else projection.bind(model, fmodel, metric)
+        source = (
+            fmodel
+            if projection is None
+            else projection.bind(model, fmodel, projection_scale(metric, fmodel))
+        )
         reducer = metric if projection is None else Identity()
-        inputs, targets = _plain(inputs), _plain(targets)
+        inputs, targets = plain(inputs), plain(targets)
         probes = source.flat_grad_matrix(loss_fn, inputs, targets, chunk_size, randomness)
-        kets = probes.rows
-        check_gradients(kets)
-        bra_norm = kets.new_full((len(names), inputs.shape[0]), float("nan"))
-        bra_loss = bra_norm.clone()
-
-        def bra_blocks() -> Iterator[tuple[int, slice, torch.Tensor]]:
-            for index, element in enumerate(names):
-                if element == group.identity:
-                    bra_norm[index], bra_loss[index] = probes.norms, probes.losses
-                    yield index, probes.samples, kets
-                    continue
-                moved = group.act_pair(element, inputs, targets, field_type, target_field_type)
-                for samples, block, norms, losses in source.flat_grads(
-                    loss_fn, *moved, chunk_size, randomness
-                ):
-                    bra_norm[index, samples], bra_loss[index, samples] = norms, losses
-                    yield index, samples, block
-
-        def orbit_inputs() -> Iterator[torch.Tensor]:
-            for element in names:
-                yield group.act(element, inputs, field_type)
-
-        problem = InfluenceProblem(
-            fmodel=fmodel,
-            ket_inputs=inputs,
-            kets=kets,
-            bra_blocks=bra_blocks,
-            num_elements=len(names),
+        check_gradients(probes.rows)
+        problem, bra_norm, bra_loss = _orbit_problem(
+            fmodel,
+            source,
+            probes,
+            group,
+            names,
+            (inputs, targets, field_type, target_field_type),
+            lambda *pair: source.flat_grads(loss_fn, *pair, chunk_size, randomness),
             need_bra_self=normalization == "cosine",
-            groups=module_columns(source) if breakdown else None,
-            orbit_inputs=orbit_inputs,
+            breakdown=breakdown,
         )
         reduced = reducer.reduce(problem)
         if projection is not None:
@@ -230,18 +216,84 @@ def orbit_influence(
         bra_norm=bra_norm.detach(),
         equivariance=bra_loss / probes.losses,
     )
+    _warn_if_degenerate(result)
+    return result
+
+
+def _orbit_problem(
+    fmodel: FunctionalModel,
+    source: FunctionalModel | ProjectedGradients,
+    probes: GradientRows,
+    group: Group,
+    names: tuple[str, ...],
+    pair: tuple[torch.Tensor, torch.Tensor, FieldType, FieldType],
+    gradients: Callable[[torch.Tensor, torch.Tensor], Iterator[GradientRows]],
+    *,
+    need_bra_self: bool,
+    breakdown: bool,
+) -> tuple[InfluenceProblem, torch.Tensor, torch.Tensor]:
+    """The kets, the stream of bra blocks ``b_n^g`` and the orbit batch, for a metric to reduce.
+
+    Also returns the ``(K, N)`` bra norms ``‖b_n^g‖`` and losses, filled as the bras stream by
+    (NaN where a bra was never computed).
+
+    Args:
+        fmodel: the functional model (parameters, layout, forward).
+        source: where gradient rows come from (``fmodel`` itself, or its projection).
+        probes: the kets ``a_m`` with their norms and losses.
+        group: the group; ``names`` the measured elements.
+        names: the measured elements, in order.
+        pair: ``(inputs, targets, field_type, target_field_type)`` of the probes.
+        gradients: ``(inputs, targets) -> chunks of GradientRows`` of a moved probe set.
+        need_bra_self: whether the metric must compute ``(b_n^g)ᵀ M⁻¹ b_n^g``.
+        breakdown: also group the columns by module.
+    """
+    inputs, targets, field_type, target_field_type = pair
+    bra_norm = probes.rows.new_full((len(names), inputs.shape[0]), float("nan"))
+    bra_loss = bra_norm.clone()
+
+    def bra_blocks() -> Iterator[tuple[int, slice, torch.Tensor]]:
+        for index, element in enumerate(names):
+            if element == group.identity:
+                bra_norm[index], bra_loss[index] = probes.norms, probes.losses
+                yield index, probes.samples, probes.rows
+                continue
+            moved = group.act_pair(element, inputs, targets, field_type, target_field_type)
+            for samples, block, norms, losses in gradients(*moved):
+                bra_norm[index, samples], bra_loss[index, samples] = norms, losses
+                yield index, samples, block
+
+    def orbit_inputs() -> Iterator[torch.Tensor]:
+        for element in names:
+            yield group.act(element, inputs, field_type)
+
+    problem = InfluenceProblem(
+        fmodel=fmodel,
+        ket_inputs=inputs,
+        kets=probes.rows,
+        bra_blocks=bra_blocks,
+        num_elements=len(names),
+        need_bra_self=need_bra_self,
+        groups=module_columns(source) if breakdown else None,
+        orbit_inputs=orbit_inputs,
+    )
+    return problem, bra_norm, bra_loss
+
+
+def _warn_if_degenerate(result: OrbitInfluence) -> None:
+    """Say how many influence rows are degenerate (skipped by every summary), if any."""
     if result.degenerate_rows and bool(torch.isfinite(result.matrix).all()):
+        total = result.matrix.shape[0] * result.matrix.shape[1]
         warnings.warn(
-            f"{result.degenerate_rows} of {len(names) * inputs.shape[0]} influence rows are "
+            f"{result.degenerate_rows} of {total} influence rows are "
             f"degenerate ({result.zero_gradients} bras with zero gradient, the rest without "
             "spread over the probes): they are skipped by every summary and counted in "
             "measurement/.../degenerate_rows. Likely causes: probes the model fits exactly, or "
             "parameters that barely enter the forward pass; use more or other probes or a "
             "parameter_filter",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    return result
 
 
 def check_gradients(kets: torch.Tensor) -> None:

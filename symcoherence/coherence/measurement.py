@@ -34,13 +34,13 @@ from functools import cached_property
 import torch
 from torch import nn
 
-from symcoherence.coherence.decision import DecisionRule
 from symcoherence.coherence.equivariance import equivariance_error, rollout_equivariance_error
+from symcoherence.coherence.gradients.parameters import LossFn
 from symcoherence.coherence.influence import orbit_influence
-from symcoherence.coherence.per_sample import LossFn
 from symcoherence.coherence.result import OrbitInfluence
 from symcoherence.coherence.spec import MeasurementSpec
-from symcoherence.coherence.summary import Summary
+from symcoherence.coherence.statistics.decision import DecisionRule
+from symcoherence.coherence.statistics.summary import Summary
 
 
 @dataclass

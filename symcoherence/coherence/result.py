@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 
-from symcoherence.coherence.decision import DecisionRule
-from symcoherence.coherence.normalization import check_normalization, normalize
-from symcoherence.coherence.statistics import quantiles, specific_coupling, unit_transfer
-from symcoherence.coherence.summary import Summary, summarize
+from symcoherence.coherence.statistics.decision import DecisionRule
+from symcoherence.coherence.statistics.normalization import check_normalization, normalize
+from symcoherence.coherence.statistics.per_probe import quantiles, specific_coupling, unit_transfer
+from symcoherence.coherence.statistics.summary import Summary, summarize
 
 
 @dataclass
@@ -44,7 +44,7 @@ class OrbitInfluence:
         elements: the ``K`` element names, in the order of the first axis.
         group_name: the group's short name (used in summary keys).
         normalization: ``"standard"`` (rows divided by their standard deviation over ``m``),
-            ``"cosine"`` or ``"none"`` (see :mod:`symcoherence.coherence.normalization`).
+            ``"cosine"`` or ``"none"`` (see :mod:`symcoherence.coherence.statistics.normalization`).
         identity: name of the identity element (needed by summaries and ratios).
         metric: name of the metric ``M``.
         info: solver diagnostics (e.g. ``cg_iterations``, ``cg_relative_residual``).
@@ -172,7 +172,7 @@ class OrbitInfluence:
         seed: int = 0,
         rule: DecisionRule | None = None,
     ) -> Summary:
-        """The structured :class:`~symcoherence.coherence.summary.Summary` of this result.
+        """The structured :class:`~symcoherence.coherence.statistics.summary.Summary` of this result.
 
         Args:
             equivariance: forward errors ``E`` ``(K, N)`` over the same elements, or ``None``.

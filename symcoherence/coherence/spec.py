@@ -30,12 +30,14 @@ from typing import Any
 
 import torch
 
-from symcoherence.coherence.decision import DecisionRule
-from symcoherence.coherence.gauss_newton import GaussNewton
-from symcoherence.coherence.metrics import Adam, Identity, Metric
-from symcoherence.coherence.normalization import check_normalization
-from symcoherence.coherence.per_sample import ChunkSize, ParameterFilter
-from symcoherence.coherence.projection import Projection, check_projectable
+from symcoherence.coherence.gradients.chunking import ChunkSize
+from symcoherence.coherence.gradients.parameters import ParameterFilter
+from symcoherence.coherence.gradients.projection import Projection
+from symcoherence.coherence.metrics.base import Metric
+from symcoherence.coherence.metrics.diagonal import Adam, Identity, check_projectable
+from symcoherence.coherence.metrics.gauss_newton import GaussNewton
+from symcoherence.coherence.statistics.decision import DecisionRule
+from symcoherence.coherence.statistics.normalization import check_normalization
 from symcoherence.groups import FieldType, Group, resolve_group
 
 METRIC_NAMES = ("identity", "adam", "gauss_newton")  # the shorthands resolve_metric accepts
@@ -106,7 +108,7 @@ class MeasurementSpec:
         resamples: bootstrap resamples (at least 100).
         seed: seed of the bootstrap and of the permutation test.
         rule: when an element is reported as suppressed (a
-            :class:`~symcoherence.coherence.decision.DecisionRule`; default: the distribution
+            :class:`~symcoherence.coherence.statistics.decision.DecisionRule`; default: the distribution
             transfer's interval lies below 0.5).
         projection: measure on seeded random projections of the gradients (a
             :class:`~symcoherence.coherence.Projection`; for large models, diagonal metrics

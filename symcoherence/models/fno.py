@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from symcoherence.coherence.layer_grads import register_rule
+from symcoherence.coherence.gradients.layer_hooks import register_rule
 from symcoherence.models.base import Backbone, check_sizes, resolve_preset
 
 PRESETS = {

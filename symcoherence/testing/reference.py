@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from symcoherence.coherence import Adam, GaussNewton, Identity, Metric, OrbitInfluence
+from symcoherence.coherence.gradients.parameters import ParameterFilter, select_parameters
 from symcoherence.coherence.influence import check_fields, resolve_elements, resolve_metric
-from symcoherence.coherence.per_sample import ParameterFilter, select_parameters
 from symcoherence.groups import FieldType, Group
 
 

@@ -24,7 +24,7 @@ so the backward runs down to the first layer and computes no summed weight gradi
 
 What hooks cannot see — a parameter also used outside its layer's ``forward``, a layer whose
 output does not depend on the input, samples that interact (batch statistics) — gives a wrong
-result rather than an error, so :class:`~symcoherence.coherence.per_sample.FunctionalModel`
+result rather than an error, so :class:`~symcoherence.coherence.gradients.functional.FunctionalModel`
 checks the first block against a plain autograd gradient of one sample and falls back to ``vmap``
 if they differ.
 
@@ -185,7 +185,8 @@ def register_rule(layer_type: type[nn.Module], rule: Rule) -> None:
         ...         return self.gain[:, None, None] * x
         >>> register_rule(Gain, lambda module, x, delta: {"gain": (delta * x).sum((2, 3))})
         >>> from symcoherence.coherence import smse
-        >>> from symcoherence.coherence.per_sample import FunctionalModel, grad_mode
+        >>> from symcoherence.coherence.gradients import FunctionalModel
+        >>> from symcoherence.coherence.gradients.parameters import grad_mode
         >>> net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), Gain(2), nn.Tanh())
         >>> fmodel = FunctionalModel(net)
         >>> x, y = torch.randn(6, 1, 8, 8), torch.randn(6, 2, 8, 8)

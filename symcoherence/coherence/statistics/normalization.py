@@ -15,7 +15,7 @@ no normalized value exists there, and summaries skip such probes and count them 
 
 Example:
     >>> import torch
-    >>> from symcoherence.coherence.normalization import normalize
+    >>> from symcoherence.coherence.statistics.normalization import normalize
     >>> h = torch.tensor([[[1.0, 3.0], [0.0, 0.0]]])      # K = 1, N = 2; row 1 has no gradient
     >>> normalize(h, torch.ones(1, 2), torch.ones(2), "standard")
     tensor([[[0.7071, 2.1213],

@@ -74,25 +74,23 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import copy
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from symcoherence.coherence.chunking import ChunkSize
-from symcoherence.coherence.layout import ParameterLayout
-from symcoherence.coherence.metrics import DiagonalMetric, Metric
-from symcoherence.coherence.per_sample import (
-    FunctionalModel,
-    GradientRows,
-    LossFn,
-    Randomness,
-    _tied_aliases,
-    gather_rows,
+from symcoherence.coherence.gradients.chunking import ChunkSize
+from symcoherence.coherence.gradients.functional import FunctionalModel
+from symcoherence.coherence.gradients.layout import ParameterLayout
+from symcoherence.coherence.gradients.parameters import LossFn, Randomness, tied_aliases
+from symcoherence.coherence.gradients.rows import GradientRows, gather_rows
+from symcoherence.coherence.gradients.sketches import (
+    CountSketch,
+    KroneckerProjection,
+    Reparametrized,
+    kronecker_module,
+    kronecker_ranks,
 )
 
 DEFAULT_DIM = 2**20
@@ -127,31 +125,18 @@ class Projection:
                     f"Projection {name} must be an integer >= {minimum}, got {value!r}"
                 )
 
-    def bind(self, model: nn.Module, fmodel: FunctionalModel, metric: Metric) -> ProjectedGradients:
-        """The projected gradients of ``model`` for ``metric`` (a :class:`ProjectedGradients`).
+    def bind(
+        self, model: nn.Module, fmodel: FunctionalModel, scale: torch.Tensor | None = None
+    ) -> ProjectedGradients:
+        """The projected gradients of ``model`` (a :class:`ProjectedGradients`).
 
-        Raises:
-            ValueError: if ``metric`` is not diagonal (see :func:`check_projectable`).
+        Args:
+            model: the module.
+            fmodel: its functional model (the selected parameters).
+            scale: ``diag(M)^{-1/2}`` of a diagonal metric in ``fmodel``'s layout (``None``:
+                ``M = I``).
         """
-        check_projectable(metric)
-        inverse = metric.inverse_diagonal(fmodel)
-        return ProjectedGradients(self, model, fmodel, None if inverse is None else inverse.sqrt())
-
-
-def check_projectable(metric: str | Metric) -> None:
-    """Raise ``ValueError`` unless ``metric`` can be evaluated on projected gradients.
-
-    Diagonal metrics (``"identity"``, ``"adam"``, any :class:`DiagonalMetric`) can: the gradients
-    are scaled by ``diag(M)^{-1/2}`` before the projection.
-    """
-    if metric in ("identity", "adam") or isinstance(metric, DiagonalMetric):
-        return
-    raise ValueError(
-        f"metric {metric!r} cannot be evaluated on projected gradients: only diagonal metrics "
-        "can, and the Gauss–Newton metric solves with the model's Jacobian (jvp/vjp) in the "
-        "full parameter space. Use projection=None (the exact engine) with it, or "
-        "metric='identity' or 'adam' with a projection"
-    )
+        return ProjectedGradients(self, model, fmodel, scale)
 
 
 def allocate(sizes: list[int], dim: int) -> list[int]:
@@ -170,149 +155,11 @@ def allocate(sizes: list[int], dim: int) -> list[int]:
     return [min(size, share) for size in sizes] if left else list(sizes)
 
 
-def _kronecker_ranks(target: int, rows: int, columns: int) -> tuple[int, int] | None:
-    """``(k_out, k_in)`` with ``k_out·k_in ≤ target``, as balanced as ``rows``, ``columns`` allow.
-
-    ``None`` where the hooked term would cost more multiply-adds per output position (the ``Q``
-    filters forward and backward, the products with ``Z`` and ``P_out``) than the layer's weight
-    gradient (``rows·columns``), which the count sketch then projects instead.
-    """
-    k_out = min(rows, max(1, math.isqrt(target)))
-    k_in = min(columns, max(1, target // k_out))
-    if k_in == columns:
-        k_out = min(rows, max(1, target // columns))
-    added = 2 * k_in * columns + 2 * rows * k_out + 4 * k_out * k_in
-    return (k_out, k_in) if added < rows * columns else None
-
-
-def _gaussian(rows: int, columns: int, variance_dim: int, generator, like) -> torch.Tensor:
-    """``(rows, columns)`` with entries ``N(0, 1/variance_dim)``, drawn in float64 on the CPU."""
-    draw = torch.randn(rows, columns, generator=generator, dtype=torch.float64)
-    return (draw / math.sqrt(variance_dim)).to(like)
-
-
-class _Sketch:
-    """Count sketch of one tensor's flat gradient ``(c, p) -> (c, d_l)`` (identity when exact).
-
-    ``y[j] = Σ_{i: h(i) = j} s_i σ_i g_i`` with uniform buckets ``h(i)`` and signs ``s_i = ±1``;
-    ``E[yᵀ y'] = Σ_i σ_i² g_i g'_i``.
-    """
-
-    def __init__(self, size: int, dim: int, scale: torch.Tensor | None, generator, like):
-        self.dim = dim
-        if dim >= size:
-            self.buckets = torch.arange(size, device=like.device)
-            signs = torch.ones(size, dtype=like.dtype, device=like.device)
-        else:  # int64 buckets: index_add_ runs several times slower with int32 ones on CPU
-            self.buckets = torch.randint(0, dim, (size,), generator=generator).to(like.device)
-            signs = (2 * torch.randint(0, 2, (size,), generator=generator) - 1).to(like)
-        self.signs = signs if scale is None else signs * scale
-
-    def __call__(self, flat: torch.Tensor) -> torch.Tensor:
-        out = flat.new_zeros(flat.shape[0], self.dim)
-        return out.index_add_(1, self.buckets, flat * self.signs)
-
-    def matrix(self) -> torch.Tensor:
-        """The dense ``(d_l, p)`` matrix."""
-        dense = self.signs.new_zeros(self.dim, self.signs.numel())
-        dense[self.buckets, torch.arange(self.signs.numel(), device=dense.device)] = self.signs
-        return dense
-
-
-class _Kronecker:
-    """Kronecker projection ``G -> P_outᵀ (σ ⊙ G) Qᵀ`` of a Linear / ConvNd weight gradient.
-
-    ``key`` names the zero parameter ``Z`` ``(k_out, k_in)`` of the reparametrized model.
-    """
-
-    def __init__(self, module: nn.Module, key: str, ranks, scale, generator, like):
-        self.module, self.key = module, key
-        weight = module.weight
-        self.shape = weight.shape
-        self.rows, self.columns = rows, columns = weight.shape[0], weight[0].numel()
-        self.k_out, self.k_in = ranks
-        self.dim = self.k_out * self.k_in
-        self.out_factor = (
-            torch.eye(rows, dtype=like.dtype, device=like.device)
-            if self.k_out == rows
-            else _gaussian(rows, self.k_out, self.k_out, generator, like)
-        )
-        self.in_factor = (
-            torch.eye(columns, dtype=like.dtype, device=like.device)
-            if self.k_in == columns
-            else _gaussian(self.k_in, columns, self.k_in, generator, like)
-        )
-        self.scale = None if scale is None else scale.reshape(rows, columns)
-        self.spatial = weight.dim() - 2  # 0 for Linear
-
-    def unscaled(self) -> _Kronecker:
-        """The same projection without ``σ`` (same factors), on its own zero parameter."""
-        twin = copy.copy(self)
-        twin.key, twin.scale = f"{self.key}/unscaled", None
-        return twin
-
-    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
-        """Exact weight gradients ``(c, *shape)`` -> ``(c, k_out·k_in)``."""
-        grad = grad.reshape(grad.shape[0], self.rows, self.columns)
-        if self.scale is not None:
-            grad = grad * self.scale
-        return (self.out_factor.T @ grad @ self.in_factor.T).flatten(1)
-
-    def matrix(self) -> torch.Tensor:
-        """The dense ``(k_out·k_in, n_out·m)`` matrix ``P_outᵀ ⊗ Q`` (times ``σ`` column-wise)."""
-        dense = torch.kron(self.out_factor.T.contiguous(), self.in_factor)
-        return dense if self.scale is None else dense * self.scale.reshape(1, -1)
-
-    def delta(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """The output term ``P_out Z (Q ⋆ x)`` (or ``(σ ⊙ P_out Z Q) ⋆ x``) of input ``x``."""
-        module = self.module
-        if self.scale is not None:
-            weight = (self.scale * (self.out_factor @ z @ self.in_factor)).reshape(self.shape)
-            return (
-                F.linear(x, weight) if self.spatial == 0 else module._conv_forward(x, weight, None)
-            )
-        if self.spatial == 0:
-            return F.linear(F.linear(F.linear(x, self.in_factor), z), self.out_factor)
-        conv = (F.conv1d, F.conv2d, F.conv3d)[self.spatial - 1]
-        pointwise = (1,) * self.spatial
-        features = module._conv_forward(x, self.in_factor.reshape(self.k_in, *self.shape[1:]), None)
-        mixed = conv(features, z.reshape(*z.shape, *pointwise))
-        return conv(mixed, self.out_factor.reshape(*self.out_factor.shape, *pointwise))
-
-
-def _kronecker_module(model: nn.Module, name: str, tied: set[str]) -> nn.Module | None:
-    """The Linear / ConvNd (``groups=1``) whose own weight ``name`` is, else ``None``."""
-    prefix, _, leaf = name.rpartition(".")
-    if leaf != "weight" or name in tied:
-        return None
-    module = model.get_submodule(prefix)
-    if isinstance(module, nn.Linear):
-        return module
-    if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed and module.groups == 1:
-        return module
-    return None
-
-
-class _Reparametrized(nn.Module):
-    """``model`` with a zero parameter ``Z`` per Kronecker-projected layer (see the module docs)."""
-
-    def __init__(self, model: nn.Module, shapes: dict[str, tuple[int, int]], like: torch.Tensor):
-        super().__init__()
-        self.model = model
-        self.kronecker = nn.ParameterDict(
-            {key: nn.Parameter(like.new_zeros(shape)) for key, shape in shapes.items()}
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``model(x)`` (the Kronecker terms enter through forward hooks)."""
-        return self.model(x)
-
-
 class ProjectedGradients:
     r"""Per-sample gradients projected to ``d`` numbers, with the interface of the exact ones.
 
     :meth:`flat_grads` and :meth:`flat_grad_matrix` yield ``(c, d)`` blocks and an ``(N, d)``
-    matrix (each with the Euclidean norms of the unprojected gradients) where :class:`~symcoherence.coherence.per_sample.FunctionalModel` yields ``(c, P)`` and
+    matrix (each with the Euclidean norms of the unprojected gradients) where :class:`~symcoherence.coherence.gradients.functional.FunctionalModel` yields ``(c, P)`` and
     ``(N, P)``; ``layout`` names the columns of each parameter tensor in the projected vector.
 
     Args:
@@ -322,7 +169,7 @@ class ProjectedGradients:
         scale: ``diag(M)^{-1/2}`` ``(P,)`` in ``fmodel``'s layout, or ``None`` for ``M = I``.
 
     Attributes:
-        layout: a :class:`~symcoherence.coherence.layout.ParameterLayout` of the projected
+        layout: a :class:`~symcoherence.coherence.gradients.layout.ParameterLayout` of the projected
             vector (``layout.size`` is ``d``; ``layout.slices[name]`` the columns of a tensor).
         device: where the projected gradients live.
     """
@@ -345,20 +192,22 @@ class ProjectedGradients:
                 f"{DEFAULT_DIM})"
             )
         dims = allocate([layout.sizes[n] for n in layout.names], projection.dim)
-        tied = set(_tied_aliases(model).values())
-        self.plans: dict[str, _Sketch | _Kronecker] = {}
+        tied = set(tied_aliases(model).values())
+        self.plans: dict[str, CountSketch | KroneckerProjection] = {}
         for name, dim in zip(layout.names, dims, strict=True):
             part = None if scale is None else scale[layout.slices[name]]
-            module = _kronecker_module(model, name, tied) if dim < layout.sizes[name] else None
+            module = kronecker_module(model, name, tied) if dim < layout.sizes[name] else None
             ranks = (
-                None if module is None else _kronecker_ranks(dim, *module.weight.flatten(1).shape)
+                None if module is None else kronecker_ranks(dim, *module.weight.flatten(1).shape)
             )
             if ranks is None:
-                self.plans[name] = _Sketch(layout.sizes[name], dim, part, generator, like)
+                self.plans[name] = CountSketch(layout.sizes[name], dim, part, generator, like)
             else:
                 key = name.replace(".", "/")  # ParameterDict keys cannot hold dots
-                self.plans[name] = _Kronecker(module, key, ranks, part, generator, like)
-        self._kronecker = {n: p for n, p in self.plans.items() if isinstance(p, _Kronecker)}
+                self.plans[name] = KroneckerProjection(module, key, ranks, part, generator, like)
+        self._kronecker = {
+            n: p for n, p in self.plans.items() if isinstance(p, KroneckerProjection)
+        }
         # with a metric the Kronecker terms project σ ⊙ G; an unscaled twin term (same factors)
         # projects G itself, for the Euclidean gradient norms that flat_grads yields
         self._unscaled = {
@@ -367,7 +216,7 @@ class ProjectedGradients:
             if plan.scale is not None
         }
         terms = [*self._kronecker.values(), *self._unscaled.values()]
-        self._wrapper = _Reparametrized(model, {p.key: (p.k_out, p.k_in) for p in terms}, like)
+        self._wrapper = Reparametrized(model, {p.key: (p.k_out, p.k_in) for p in terms}, like)
         self._sources = {
             name: f"kronecker.{plan.key}" if name in self._kronecker else f"model.{name}"
             for name, plan in self.plans.items()
@@ -400,7 +249,7 @@ class ProjectedGradients:
     def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(P_out, Q)`` of a Kronecker-projected tensor, ``None`` for a count-sketched one."""
         plan = self.plans[name]
-        return (plan.out_factor, plan.in_factor) if isinstance(plan, _Kronecker) else None
+        return (plan.out_factor, plan.in_factor) if isinstance(plan, KroneckerProjection) else None
 
     def flat_grads(
         self,
@@ -501,7 +350,7 @@ class ProjectedGradients:
             for handle in handles:
                 handle.remove()
 
-    def _hook(self, plan: _Kronecker):
+    def _hook(self, plan: KroneckerProjection):
         zeros = self._wrapper.kronecker
 
         def hook(module, args, output):
@@ -510,4 +359,4 @@ class ProjectedGradients:
         return hook
 
 
-__all__ = ["DEFAULT_DIM", "ProjectedGradients", "Projection", "allocate", "check_projectable"]
+__all__ = ["DEFAULT_DIM", "ProjectedGradients", "Projection", "allocate"]

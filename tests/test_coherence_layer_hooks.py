@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 import symcoherence as sc
-from symcoherence.coherence import layer_grads
-from symcoherence.coherence.layer_grads import LayerGradients, register_rule
-from symcoherence.coherence.per_sample import FunctionalModel, grad_mode
+from symcoherence.coherence.gradients import layer_hooks
+from symcoherence.coherence.gradients.functional import FunctionalModel
+from symcoherence.coherence.gradients.layer_hooks import LayerGradients, register_rule
+from symcoherence.coherence.gradients.parameters import grad_mode
 from symcoherence.models import FNO2d, UNet2d
 from symcoherence.testing import TOLERANCES, reference_grads
 
@@ -302,7 +303,7 @@ def gain_net(cls):
 @pytest.fixture
 def own_rules(monkeypatch):
     """Rules registered in the test are forgotten after it."""
-    monkeypatch.setattr(layer_grads, "RULES", dict(layer_grads.RULES))
+    monkeypatch.setattr(layer_hooks, "RULES", dict(layer_hooks.RULES))
 
 
 def test_a_registered_rule_covers_a_layer_of_ones_own(own_rules):

@@ -1,7 +1,7 @@
 r"""The structured summary of one measurement, and the logged scalars derived from it.
 
 With ``I_n(g) = Ĥ^g[n, n]`` the normalized diagonal (``K × N``), ``z_n(g)`` the specific coupling,
-``t_n(g)`` the transfer per unit gradient (:mod:`symcoherence.coherence.statistics`) and ``e`` the
+``t_n(g)`` the transfer per unit gradient (:mod:`symcoherence.coherence.statistics.per_probe`) and ``e`` the
 identity, per element ``g``:
 
 * influence: median, q1, q3 over probes of ``I_n(g)`` and a bootstrap interval of the median;
@@ -16,7 +16,7 @@ identity, per element ``g``:
 * forward error ``E_n(g)``: median (with interval) and q3; the rollout error's median and q3.
 
 Each element ``g ≠ e`` is also flagged **suppressed** or not by a
-:class:`~symcoherence.coherence.decision.DecisionRule` on one statistic's interval.
+:class:`~symcoherence.coherence.statistics.decision.DecisionRule` on one statistic's interval.
 
 Across elements: **orbit coherence** ``mean_{g≠e} ρ(g)``, **basin compatibility**
 ``min_{g≠e} ρ(g)`` (both ``1`` when the identity is the only element) and the rank correlation
@@ -44,11 +44,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from symcoherence.coherence.decision import DecisionRule
-from symcoherence.coherence.keys import Keys
-from symcoherence.coherence.statistics import (
+from symcoherence.coherence.statistics.decision import DecisionRule
+from symcoherence.coherence.statistics.keys import Keys
+from symcoherence.coherence.statistics.per_probe import quantiles
+from symcoherence.coherence.statistics.resampling import (
     bootstrap_interval,
-    quantiles,
     resampled_medians,
     spearman,
 )

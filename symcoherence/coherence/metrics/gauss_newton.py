@@ -35,7 +35,7 @@ element list (so results for different element subsets do not combine).
 * ``"cg"`` (the reference): conjugate gradients on ``χ y = a``, batched over the ``N`` ket
   right-hand sides and preconditioned by a randomized Nyström approximation of ``η`` whose rank
   doubles from 16 until its error is below ``10 λ`` or it reaches ``max_rank`` (see
-  :mod:`~symcoherence.coherence.nystrom`). ``χ⁻¹ a`` is computed once and every streamed bra block
+  :mod:`~symcoherence.coherence.metrics.nystrom`). ``χ⁻¹ a`` is computed once and every streamed bra block
   meets it in a ``(c, N)`` product, so memory holds ``O((N + r)·P)`` numbers (about ``6N + 3r``
   vectors of length ``P``), never the ``K·N`` bras. A solve that stops at ``max_iter`` before ``tol`` warns (``RuntimeWarning``) and
   reports its residual; ``preconditioner=None`` runs plain cg. In float32 the products carry
@@ -71,15 +71,15 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
-from torch.func import jvp, vjp, vmap
 
-from symcoherence.coherence.metrics import InfluenceProblem, Metric, Reduction, stream_reduce
-from symcoherence.coherence.nystrom import INITIAL_RANK, NystromSketch, trace_estimate
-from symcoherence.coherence.per_sample import FunctionalModel
+from symcoherence.coherence.metrics.base import InfluenceProblem, Metric, Reduction, stream_reduce
+from symcoherence.coherence.metrics.cg import batched_cg
+from symcoherence.coherence.metrics.linearized import GaussNewtonMatrix, LinearizedModel
+from symcoherence.coherence.metrics.nystrom import INITIAL_RANK, NystromSketch, trace_estimate
+from symcoherence.coherence.metrics.subspace import subspace_reduce
 
 SOLVERS = ("cg", "subspace")
 PRECONDITIONERS = ("nystrom", None)
@@ -87,154 +87,6 @@ BATCHES = ("probes", "orbit")
 # α of λ = α·tr(η)/P, chosen by benchmarks/study_damping.py: the largest α at which no ratio or
 # specific coupling moves by more than its 90 % bootstrap interval's width from its α = 1e-4 value.
 DEFAULT_RELATIVE_DAMPING = 1e-2
-# Products with many vectors are vmapped in row chunks: one call sees at most this many samples
-# (vectors × probe batch), which bounds the activation memory of the batched jvp / vjp.
-SAMPLES_PER_CALL = 64
-
-
-class LinearizedModel:
-    """``J v`` and ``Jᵀ u`` of the batched forward ``θ ↦ f_θ(inputs)`` at the current ``θ``.
-
-    Args:
-        fmodel: the functional model.
-        inputs: the batch ``(B, C, H, W)`` the Jacobian is taken on.
-    """
-
-    def __init__(self, fmodel: FunctionalModel, inputs: torch.Tensor):
-        self.fmodel = fmodel
-
-        def forward(params):
-            return fmodel(params, inputs)
-
-        self._forward = forward
-        outputs, self._vjp = vjp(forward, fmodel.params)
-        self.output_shape = outputs.shape
-        self.batch_size = inputs.shape[0]
-        self.num_outputs = outputs.numel()
-
-    def _rows(self, total: int) -> list[slice]:
-        """Row chunks so that one vmapped call sees at most ``SAMPLES_PER_CALL`` batched samples."""
-        step = max(1, SAMPLES_PER_CALL // max(self.batch_size, 1))
-        return [slice(start, min(start + step, total)) for start in range(0, total, step)]
-
-    def jvp(self, vectors: torch.Tensor) -> torch.Tensor:
-        """``J v`` for rows ``v`` of ``(c, P)`` -> ``(c, F)``."""
-
-        def one(tangent):
-            return jvp(self._forward, (self.fmodel.params,), (tangent,))[1].reshape(-1)
-
-        batched = vmap(one)
-        return torch.cat(
-            [
-                # complex parameters are viewed as (real, imag) pairs: rows must be contiguous
-                batched(self.fmodel.layout.unflatten(vectors[rows].contiguous()))
-                for rows in self._rows(len(vectors))
-            ]
-        )
-
-    def vjp(self, cotangents: torch.Tensor) -> torch.Tensor:
-        """``Jᵀ u`` for rows ``u`` of ``(c, F)`` -> ``(c, P)``."""
-        batched = vmap(lambda u: self._vjp(u)[0])
-        return torch.cat(
-            [
-                self.fmodel.layout.flatten(
-                    batched(cotangents[rows].reshape(-1, *self.output_shape))
-                )
-                for rows in self._rows(len(cotangents))
-            ]
-        )
-
-
-class GaussNewtonMatrix:
-    r"""``η = s JᵀJ`` on a batch, as products: ``η v = s Jᵀ(J v)``.
-
-    Args:
-        linear: ``J`` of the batch.
-        scale: ``s`` (``1/F`` for the default convention).
-    """
-
-    def __init__(self, linear: LinearizedModel, scale: float):
-        self.linear, self.scale = linear, scale
-        self.size = linear.fmodel.layout.size
-
-    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
-        """``η v`` for rows ``(c, P)``."""
-        return self.scale * self.linear.vjp(self.linear.jvp(rows))
-
-    def quadratic(self, rows: torch.Tensor) -> torch.Tensor:
-        """``vᵀ η v = s ‖J v‖²`` for rows ``(c, P)`` -> ``(c,)`` (``jvp`` only)."""
-        return self.scale * self.linear.jvp(rows).pow(2).sum(-1)
-
-
-class CGResult(NamedTuple):
-    """Outcome of :func:`batched_cg`.
-
-    Attributes:
-        solution: ``y`` ``(c, P)``.
-        iterations: products with ``A`` in the loop.
-        residual: worst true relative residual ``‖v − A y‖ / ‖v‖`` over rows.
-        converged: whether every row met the tolerance before the iteration cap.
-    """
-
-    solution: torch.Tensor
-    iterations: int
-    residual: float
-    converged: bool
-
-
-def relative_residual(rhs: torch.Tensor, image: torch.Tensor) -> float:
-    """Worst ``‖v − A y‖ / ‖v‖`` over rows, from ``v`` and ``A y`` ``(c, P)`` (0 for zero rows)."""
-    norm = rhs.norm(dim=-1)
-    ratios = (rhs - image).norm(dim=-1) / torch.where(norm > 0, norm, 1.0)
-    return float(ratios.max()) if ratios.numel() else 0.0
-
-
-def batched_cg(
-    matvec: Callable[[torch.Tensor], torch.Tensor],
-    rhs: torch.Tensor,
-    tol: float,
-    max_iter: int,
-    preconditioner: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> CGResult:
-    r"""Preconditioned conjugate gradients for ``A y_i = v_i``, ``A`` symmetric positive definite.
-
-    Every row is an independent system; all rows share each (batched) product with ``A``.
-
-    Args:
-        matvec: ``(c, P) -> (c, P)``, rows mapped by ``A``.
-        rhs: right-hand sides as rows ``(c, P)``.
-        tol: stop a row once its recurrence residual ``‖v − A y‖ ≤ tol ‖v‖``.
-        max_iter: at most this many products with ``A`` (plus one for the true residual).
-        preconditioner: ``r ↦ M⁻¹ r`` on rows, ``M ≈ A`` symmetric positive definite; ``None`` for
-            plain cg.
-
-    Returns:
-        :class:`CGResult`; zero rows give zero solutions and residual 0.
-    """
-    precondition = preconditioner if preconditioner is not None else (lambda rows: rows)
-    solution = torch.zeros_like(rhs)
-    residual = rhs.clone()
-    search = precondition(residual)
-    direction = search.clone()
-    rz = (residual * search).sum(-1)
-    norm = rhs.norm(dim=-1)
-    iterations = 0
-    done = residual.norm(dim=-1) <= tol * norm
-    while not bool(done.all()) and iterations < max_iter:
-        product = matvec(direction)
-        iterations += 1
-        curvature = (direction * product).sum(-1)
-        alpha = torch.where(done, 0.0, rz / torch.where(done, 1.0, curvature))
-        solution += alpha[:, None] * direction
-        residual -= alpha[:, None] * product
-        done = done | (residual.norm(dim=-1) <= tol * norm)
-        search = precondition(residual)
-        rz_new = (residual * search).sum(-1)
-        beta = torch.where(done, 0.0, rz_new / torch.where(rz != 0, rz, 1.0))
-        direction = search + beta[:, None] * direction
-        rz = torch.where(done, rz, rz_new)
-    worst = relative_residual(rhs, matvec(solution))
-    return CGResult(solution, iterations, worst, bool(done.all()))
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -407,7 +259,7 @@ class GaussNewton(Metric):
         }
         if self.solver == "subspace":
             del sketch, first
-            return self._subspace(problem, eta, damping, info)
+            return subspace_reduce(problem, eta, damping, self.energy_cutoff, info)
 
         def chi(rows: torch.Tensor) -> torch.Tensor:
             return eta(rows) + damping * rows
@@ -445,59 +297,5 @@ class GaussNewton(Metric):
         reduced.info = info
         return reduced
 
-    def _subspace(
-        self,
-        problem: InfluenceProblem,
-        eta: GaussNewtonMatrix,
-        damping: float,
-        info: dict[str, Any],
-    ) -> Reduction:
-        kets = problem.kets
-        num, k = kets.shape[0], problem.num_elements
-        rows, placement = [kets], []
-        offset = num
-        for index, samples, block in problem.bra_blocks():
-            rows.append(block)
-            placement.append((index, samples, slice(offset, offset + block.shape[0])))
-            offset += block.shape[0]
-        stacked = torch.cat(rows)
-        left, sigma, right = torch.linalg.svd(stacked, full_matrices=False)
-        del stacked, rows
-        keep = sigma.pow(2) >= self.energy_cutoff * sigma[0].pow(2)
-        keep &= sigma > 0
-        rank = int(keep.sum())
-        coords = left[:, :rank] * sigma[:rank]  # G ≈ coords Qᵀ
-        basis = right[:rank].contiguous()  # Qᵀ (r, P); svd returns a column-major Vᴴ
-        del right
-        jq = eta.linear.jvp(basis)  # (r, F)
-        compressed = eta.scale * jq @ jq.T + damping * torch.eye(
-            rank, dtype=jq.dtype, device=jq.device
-        )
-        factor = torch.linalg.cholesky(compressed)
-        solved = torch.cholesky_solve(coords.T, factor)  # (r, R): (QᵀχQ)⁻¹ Qᵀg for every row g
-        overlaps = coords @ solved[:, :num]  # (R, N): gᵀ Q (QᵀχQ)⁻¹ Qᵀ a_m
-        self_overlaps = (coords * solved.T).sum(-1)  # (R,)
-        # Galerkin residual of the kets: χ Q c = s Jᵀ((JQ)ᵀ c) + λ Q c with c = (QᵀχQ)⁻¹Qᵀa
-        ket_coords = solved[:, :num].T  # (N, r)
-        chi_solution = eta.scale * eta.linear.vjp(ket_coords @ jq) + damping * (ket_coords @ basis)
-        matrix = kets.new_zeros(k, num, num)
-        bra_self = kets.new_zeros(k, num)
-        for index, samples, span in placement:
-            matrix[index, samples] = overlaps[span]
-            bra_self[index, samples] = self_overlaps[span]
-        info.update(
-            solver_residual=relative_residual(kets, chi_solution),
-            subspace_rank=rank,
-            subspace_columns=int(coords.shape[0]),
-        )
-        return Reduction(matrix, bra_self, self_overlaps[:num], info)
 
-
-__all__ = [
-    "CGResult",
-    "GaussNewton",
-    "GaussNewtonMatrix",
-    "LinearizedModel",
-    "batched_cg",
-    "relative_residual",
-]
+__all__ = ["BATCHES", "PRECONDITIONERS", "SOLVERS", "GaussNewton"]

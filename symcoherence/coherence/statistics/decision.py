@@ -19,7 +19,7 @@ is reported as undefined). How often a rule flags healthy elements (false positi
 variants) and catches failing ones is what the controlled experiment measures.
 
 Example:
-    >>> from symcoherence.coherence.decision import DecisionRule
+    >>> from symcoherence.coherence.statistics.decision import DecisionRule
     >>> DecisionRule("ratio", "baseline").describe()
     'ratio interval below the random-pair baseline'
 """

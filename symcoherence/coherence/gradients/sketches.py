@@ -1,0 +1,164 @@
+r"""The two random projections a gradient block can take (see :mod:`.projection` for their use).
+
+* :class:`CountSketch` — coordinate ``i`` of a flat (``σ``-scaled) gradient is added with a random
+  sign ``s_i`` to a random bucket ``h(i)``: ``y[j] = Σ_{h(i)=j} s_i σ_i g_i``, so
+  ``E[yᵀy'] = Σ_i σ_i² g_i g'_i``;
+* :class:`KroneckerProjection` — the weight gradient ``G ∈ R^{n_out × m}`` of a Linear / ConvNd
+  layer to ``P_outᵀ (σ ⊙ G) Qᵀ ∈ R^{k_out × k_in}`` with Gaussian factors, computed in the
+  backward pass through the output term ``P_out Z (Q ⋆ x)`` of a zero parameter ``Z``
+  (:class:`Reparametrized` holds the ``Z``).
+
+Example:
+    >>> import torch
+    >>> sketch = CountSketch(5, 5, None, torch.Generator().manual_seed(0), torch.zeros(1))
+    >>> sketch(torch.arange(5.0)[None]).tolist()      # d ≥ p: the identity
+    [[0.0, 1.0, 2.0, 3.0, 4.0]]
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def kronecker_ranks(target: int, rows: int, columns: int) -> tuple[int, int] | None:
+    """``(k_out, k_in)`` with ``k_out·k_in ≤ target``, as balanced as ``rows``, ``columns`` allow.
+
+    ``None`` where the hooked term would cost more multiply-adds per output position (the ``Q``
+    filters forward and backward, the products with ``Z`` and ``P_out``) than the layer's weight
+    gradient (``rows·columns``), which the count sketch then projects instead.
+    """
+    k_out = min(rows, max(1, math.isqrt(target)))
+    k_in = min(columns, max(1, target // k_out))
+    if k_in == columns:
+        k_out = min(rows, max(1, target // columns))
+    added = 2 * k_in * columns + 2 * rows * k_out + 4 * k_out * k_in
+    return (k_out, k_in) if added < rows * columns else None
+
+
+def gaussian(rows: int, columns: int, variance_dim: int, generator, like) -> torch.Tensor:
+    """``(rows, columns)`` with entries ``N(0, 1/variance_dim)``, drawn in float64 on the CPU."""
+    draw = torch.randn(rows, columns, generator=generator, dtype=torch.float64)
+    return (draw / math.sqrt(variance_dim)).to(like)
+
+
+class CountSketch:
+    """Count sketch of one tensor's flat gradient ``(c, p) -> (c, d_l)`` (identity when exact).
+
+    ``y[j] = Σ_{i: h(i) = j} s_i σ_i g_i`` with uniform buckets ``h(i)`` and signs ``s_i = ±1``;
+    ``E[yᵀ y'] = Σ_i σ_i² g_i g'_i``.
+    """
+
+    def __init__(self, size: int, dim: int, scale: torch.Tensor | None, generator, like):
+        self.dim = dim
+        if dim >= size:
+            self.buckets = torch.arange(size, device=like.device)
+            signs = torch.ones(size, dtype=like.dtype, device=like.device)
+        else:  # int64 buckets: index_add_ runs several times slower with int32 ones on CPU
+            self.buckets = torch.randint(0, dim, (size,), generator=generator).to(like.device)
+            signs = (2 * torch.randint(0, 2, (size,), generator=generator) - 1).to(like)
+        self.signs = signs if scale is None else signs * scale
+
+    def __call__(self, flat: torch.Tensor) -> torch.Tensor:
+        """Flat gradients ``(c, p)`` -> ``(c, d_l)``."""
+        out = flat.new_zeros(flat.shape[0], self.dim)
+        return out.index_add_(1, self.buckets, flat * self.signs)
+
+    def matrix(self) -> torch.Tensor:
+        """The dense ``(d_l, p)`` matrix."""
+        dense = self.signs.new_zeros(self.dim, self.signs.numel())
+        dense[self.buckets, torch.arange(self.signs.numel(), device=dense.device)] = self.signs
+        return dense
+
+
+class KroneckerProjection:
+    """Kronecker projection ``G -> P_outᵀ (σ ⊙ G) Qᵀ`` of a Linear / ConvNd weight gradient.
+
+    ``key`` names the zero parameter ``Z`` ``(k_out, k_in)`` of the reparametrized model.
+    """
+
+    def __init__(self, module: nn.Module, key: str, ranks, scale, generator, like):
+        self.module, self.key = module, key
+        weight = module.weight
+        self.shape = weight.shape
+        self.rows, self.columns = rows, columns = weight.shape[0], weight[0].numel()
+        self.k_out, self.k_in = ranks
+        self.dim = self.k_out * self.k_in
+        self.out_factor = (
+            torch.eye(rows, dtype=like.dtype, device=like.device)
+            if self.k_out == rows
+            else gaussian(rows, self.k_out, self.k_out, generator, like)
+        )
+        self.in_factor = (
+            torch.eye(columns, dtype=like.dtype, device=like.device)
+            if self.k_in == columns
+            else gaussian(self.k_in, columns, self.k_in, generator, like)
+        )
+        self.scale = None if scale is None else scale.reshape(rows, columns)
+        self.spatial = weight.dim() - 2  # 0 for Linear
+
+    def unscaled(self) -> KroneckerProjection:
+        """The same projection without ``σ`` (same factors), on its own zero parameter."""
+        twin = copy.copy(self)
+        twin.key, twin.scale = f"{self.key}/unscaled", None
+        return twin
+
+    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
+        """Exact weight gradients ``(c, *shape)`` -> ``(c, k_out·k_in)``."""
+        grad = grad.reshape(grad.shape[0], self.rows, self.columns)
+        if self.scale is not None:
+            grad = grad * self.scale
+        return (self.out_factor.T @ grad @ self.in_factor.T).flatten(1)
+
+    def matrix(self) -> torch.Tensor:
+        """The dense ``(k_out·k_in, n_out·m)`` matrix ``P_outᵀ ⊗ Q`` (times ``σ`` column-wise)."""
+        dense = torch.kron(self.out_factor.T.contiguous(), self.in_factor)
+        return dense if self.scale is None else dense * self.scale.reshape(1, -1)
+
+    def delta(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The output term ``P_out Z (Q ⋆ x)`` (or ``(σ ⊙ P_out Z Q) ⋆ x``) of input ``x``."""
+        module = self.module
+        if self.scale is not None:
+            weight = (self.scale * (self.out_factor @ z @ self.in_factor)).reshape(self.shape)
+            return (
+                F.linear(x, weight) if self.spatial == 0 else module._conv_forward(x, weight, None)
+            )
+        if self.spatial == 0:
+            return F.linear(F.linear(F.linear(x, self.in_factor), z), self.out_factor)
+        conv = (F.conv1d, F.conv2d, F.conv3d)[self.spatial - 1]
+        pointwise = (1,) * self.spatial
+        features = module._conv_forward(x, self.in_factor.reshape(self.k_in, *self.shape[1:]), None)
+        mixed = conv(features, z.reshape(*z.shape, *pointwise))
+        return conv(mixed, self.out_factor.reshape(*self.out_factor.shape, *pointwise))
+
+
+def kronecker_module(model: nn.Module, name: str, tied: set[str]) -> nn.Module | None:
+    """The Linear / ConvNd (``groups=1``) whose own weight ``name`` is, else ``None``."""
+    prefix, _, leaf = name.rpartition(".")
+    if leaf != "weight" or name in tied:
+        return None
+    module = model.get_submodule(prefix)
+    if isinstance(module, nn.Linear):
+        return module
+    if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed and module.groups == 1:
+        return module
+    return None
+
+
+class Reparametrized(nn.Module):
+    """``model`` with a zero parameter ``Z`` per Kronecker-projected layer (see the module docs)."""
+
+    def __init__(self, model: nn.Module, shapes: dict[str, tuple[int, int]], like: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.kronecker = nn.ParameterDict(
+            {key: nn.Parameter(like.new_zeros(shape)) for key, shape in shapes.items()}
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``model(x)`` (the Kronecker terms enter through forward hooks)."""
+        return self.model(x)

@@ -2,7 +2,9 @@
 
 * **Sources** (frozen values that say what the data is and which groups act on it):
   :class:`NavierStokesSource`, :class:`SphericalShallowWaterSource` (simulated, cached under a key
-  derived from their fields), :class:`HDF5Source` (a file), :class:`ArraySource` (memory).
+  derived from their fields), :class:`HDF5Source` (a file), :class:`ArraySource` (memory),
+  :class:`TheWellSource` (one of The Well's HDF5 files) and :class:`PDEGymSource` (PDEGym's
+  NetCDF4 files), which convert a window of the file and cache it.
 * **Pipeline**: :class:`TrajectoryDataModule` ``(source, *, history, batch_size, ...)`` serves
   one-step pairs; :class:`NavierStokesDataModule`, :class:`SphericalShallowWaterDataModule` and
   :class:`HDF5TrajectoryDataModule` build the source and the pipeline from one set of keywords.
@@ -29,6 +31,7 @@ from symcoherence.data.cache import (
     load_trajectories,
 )
 from symcoherence.data.datamodule import TrajectoryDataModule
+from symcoherence.data.file_source import ConvertedFileSource
 from symcoherence.data.hdf5 import HDF5Source
 from symcoherence.data.navier_stokes import (
     FORCINGS,
@@ -41,6 +44,7 @@ from symcoherence.data.navier_stokes import (
     orbit_group,
     stabilizer,
 )
+from symcoherence.data.pdegym import PDEGymSource
 from symcoherence.data.presets import (
     HDF5TrajectoryDataModule,
     NavierStokesDataModule,
@@ -48,6 +52,7 @@ from symcoherence.data.presets import (
 )
 from symcoherence.data.shallow_water import SphericalShallowWater, SphericalShallowWaterSource
 from symcoherence.data.source import ArraySource, GeneratedSource, TrajectorySource
+from symcoherence.data.the_well import TheWellSource
 
 __all__ = [
     "CACHE_FORMAT",
@@ -55,6 +60,7 @@ __all__ = [
     "INITIAL_CONDITIONS",
     "ArraySource",
     "CachedTrajectories",
+    "ConvertedFileSource",
     "Forcing",
     "GeneratedSource",
     "HDF5Source",
@@ -62,9 +68,11 @@ __all__ = [
     "NavierStokes2D",
     "NavierStokesDataModule",
     "NavierStokesSource",
+    "PDEGymSource",
     "SphericalShallowWater",
     "SphericalShallowWaterDataModule",
     "SphericalShallowWaterSource",
+    "TheWellSource",
     "TrajectoryDataModule",
     "TrajectorySource",
     "cache_key",

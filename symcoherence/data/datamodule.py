@@ -12,9 +12,10 @@ is frame ``t + 1``. Trajectories (never individual frames) are split into train/
 permutation seeded by ``split_seed``, so no trajectory leaks between splits.
 
 **Normalization commutes with the group.** Each *field* gets one scale, computed on the training
-split: a vector's two components share one scale (the RMS over both), pseudoscalars and vectors are
-not mean-subtracted (a mean would break their sign flips under reflections), and only scalars are
-centred (a constant is invariant under every grid symmetry). Hence ``normalize(g·x) = g·normalize(x)``
+split: a vector's two components share one scale (the RMS over both), so do a tensor's four;
+pseudoscalars, vectors and tensors are not mean-subtracted (a mean would break their sign flips
+under reflections), and only scalars are centred (a constant is invariant under every grid
+symmetry). Hence ``normalize(g·x) = g·normalize(x)``
 for every element of a rotation/reflection/shift group.
 
 **Augmentation** (optional, training split only) applies a random element of ``augment_group`` to
@@ -43,6 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from symcoherence.data.source import TrajectorySource, check_integer
 from symcoherence.groups import FieldType, Group, resolve_group
+from symcoherence.groups.field_types import KIND_CHANNELS
 
 
 class _Pairs(Dataset):
@@ -247,7 +249,7 @@ class TrajectoryDataModule(L.LightningDataModule):
         if not self.normalize:
             return scale, offset
         for kind, start in self.frame_field_type.blocks():
-            width = 2 if kind == "vector" else 1
+            width = KIND_CHANNELS[kind]
             block = train[:, :, start : start + width].double()
             if kind == "scalar":
                 offset[start] = float(block.mean())

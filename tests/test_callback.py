@@ -77,11 +77,11 @@ def test_tensorboard_event_files_hold_scalars_images_histograms_layout_and_hpara
     assert expected_keys() <= set(tags["scalars"])
     for key in expected_keys():  # written once per firing, with the values every logger got
         logged = {e.step: e.value for e in events.Scalars(key)}
-        assert sorted(logged) == [2, 4]
+        assert sorted(logged) == [0, 2, 4]  # at the start, then every 2 steps
         for step, value in recording.values(key).items():
             assert logged[step] == pytest.approx(value, rel=1e-6)
     assert {"influence/D4/figure", "influence/D4/heatmap"} <= set(tags["images"])
-    assert len(events.Images("influence/D4/heatmap")) == 2
+    assert len(events.Images("influence/D4/heatmap")) == 3
     assert {f"influence/D4/{e}" for e in D4} <= set(tags["histograms"])
     assert events.Histograms("influence/D4/r")[0].histogram_value.num == 6
 
@@ -124,7 +124,7 @@ def test_any_logger_gets_the_scalars_and_callback_metrics_are_set():
     fit = trainer([monitor], logger=recording, max_epochs=2)
     fit.fit(TinyModule(), datamodule=TinyData())
     steps = [s for s, m in recording.records if "probe/coherence/D4/orbit" in m]
-    assert steps == [3, 6]  # by optimizer steps only, once each
+    assert steps == [0, 3, 6]  # at the start, then by optimizer steps only, once each
     assert expected_keys(prefix="probe/") <= set(fit.callback_metrics)
     assert all(math.isfinite(v) for _, m in recording.records for v in m.values())
 
@@ -146,8 +146,8 @@ def test_epoch_schedule_and_gradient_accumulation_count_optimizer_steps():
     trainer(monitors, logger=recording, max_epochs=4, accumulate_grad_batches=2).fit(
         TinyModule(), datamodule=TinyData()
     )
-    assert sorted(recording.values("coherence/D4/orbit")) == list(range(1, 9))  # 2 steps per epoch
-    assert sorted(recording.values("coherence/C4/orbit")) == [4, 8]  # ends of epochs 2 and 4
+    assert sorted(recording.values("coherence/D4/orbit")) == list(range(9))  # 2 steps per epoch
+    assert sorted(recording.values("coherence/C4/orbit")) == [0, 4, 8]  # ends of epochs 2 and 4
 
 
 def test_measuring_from_a_validation_hook_leaves_inference_mode():
@@ -172,11 +172,11 @@ def test_group_averaged_model_has_ratio_one_for_every_element(tol):
     trainer([monitor], logger=recording, max_epochs=1, precision="64-true").fit(
         TinyModule(backbone), datamodule=TinyData()
     )
-    assert sorted(fired(recording)) == [2, 4]
+    assert sorted(fired(recording)) == [0, 2, 4]
     for element in D4:
         for key in (f"coherence/D4/ratio/{element}", f"equivariance/D4/{element}/median"):
             values = torch.tensor(list(recording.values(key).values()), dtype=torch.float64)
-            torch.testing.assert_close(values, torch.ones(2, dtype=torch.float64), **tol["fp64"])
+            torch.testing.assert_close(values, torch.ones(3, dtype=torch.float64), **tol["fp64"])
 
 
 def test_non_equivariant_model_has_intervals_that_exclude_ratio_one():
@@ -227,7 +227,7 @@ def test_training_is_bitwise_identical_with_and_without_the_monitor():
         watched, watched_losses, watched_state, recording, watched_rng = _training_run(True)
     finally:
         torch.use_deterministic_algorithms(deterministic)
-    assert sorted(fired(recording)) == [2, 4, 6, 8]
+    assert sorted(fired(recording)) == [1, 2, 4, 6, 8]  # adam: the start firing waits for step 1
     assert plain_losses == watched_losses
     for a, b in zip(plain.state_dict().values(), watched.state_dict().values(), strict=True):
         assert torch.equal(a, b)
@@ -288,7 +288,7 @@ def test_mixed_precision_training_is_measured_in_float32():
     )
     monitor_probe = monitor._probe[0]
     assert monitor_probe.dtype == torch.float32
-    assert sorted(fired(recording)) == [2, 4]
+    assert sorted(fired(recording)) == [0, 2, 4]
 
 
 # ---------------------------------------------------------------- projected gradients
@@ -296,7 +296,7 @@ def _projected_run(projection, metric="identity"):
     torch.manual_seed(0)
     recording = RecordingLogger()
     monitor = sc.OrbitCoherenceMonitor(
-        max_overhead=None, probe_size=6, metric=metric, projection=projection
+        max_overhead=None, probe_size=6, metric=metric, projection=projection, at_start=False
     )
     trainer([monitor], logger=recording, max_epochs=1).fit(TinyModule(), datamodule=TinyData())
     (values,) = [m for _, m in recording.records if "coherence/D4/orbit" in m]

@@ -59,7 +59,7 @@ def test_the_interval_is_firing_cost_over_budget_times_step_time():
 def test_firings_are_spaced_so_that_the_monitor_stays_within_its_budget():
     clock = FakeClock()
     monitor = sc.OrbitCoherenceMonitor(
-        every_n_train_steps=1, every_n_epochs=None, probe_size=4, max_overhead=0.5
+        every_n_train_steps=1, every_n_epochs=None, probe_size=4, at_start=False, max_overhead=0.5
     )
     recording, _ = _fit(monitor, clock)
     fired = sorted(recording.values("coherence/D4/orbit"))
@@ -70,7 +70,7 @@ def test_firings_are_spaced_so_that_the_monitor_stays_within_its_budget():
     assert logged == sorted(logged, reverse=True)  # the first firing's cost is paid off ...
     assert monitor.budget.overhead <= 0.5 + 1e-12  # ... to 12 s of monitor in 24 s of training
     unbudgeted = sc.OrbitCoherenceMonitor(
-        every_n_train_steps=1, every_n_epochs=None, probe_size=4, max_overhead=None
+        every_n_train_steps=1, every_n_epochs=None, probe_size=4, at_start=False, max_overhead=None
     )
     recording, _ = _fit(unbudgeted, FakeClock())
     assert len(recording.values("coherence/D4/orbit")) == 24  # every step: 6 epochs × 4
@@ -78,7 +78,7 @@ def test_firings_are_spaced_so_that_the_monitor_stays_within_its_budget():
 
 def test_explicit_every_n_steps_stays_a_minimum_interval():
     monitor = sc.OrbitCoherenceMonitor(
-        every_n_train_steps=10, every_n_epochs=None, probe_size=4, max_overhead=0.9
+        every_n_train_steps=10, every_n_epochs=None, probe_size=4, at_start=False, max_overhead=0.9
     )
     recording, _ = _fit(monitor, FakeClock())
     assert sorted(recording.values("coherence/D4/orbit")) == [10, 20]
@@ -91,12 +91,12 @@ def test_a_resumed_run_continues_the_saved_schedule(tmp_path):
 
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1)
     monitor = sc.OrbitCoherenceMonitor(
-        every_n_train_steps=1, every_n_epochs=None, probe_size=4, max_overhead=0.5
+        every_n_train_steps=1, every_n_epochs=None, probe_size=4, at_start=False, max_overhead=0.5
     )
     whole, _ = _fit(monitor, FakeClock(), callbacks=[checkpoint])
     first_epochs = sorted(tmp_path.glob("epoch=1*.ckpt"))[0]  # after 2 epochs, step 8
     again = sc.OrbitCoherenceMonitor(
-        every_n_train_steps=1, every_n_epochs=None, probe_size=4, max_overhead=0.5
+        every_n_train_steps=1, every_n_epochs=None, probe_size=4, at_start=False, max_overhead=0.5
     )
     later = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1)
     resumed, _ = _fit(again, FakeClock(), ckpt_path=str(first_epochs), callbacks=[later])

@@ -29,10 +29,15 @@ Monitor = sc.OrbitCoherenceMonitor
         ({"metric": "fisher"}, ValueError, "unknown metric 'fisher'; expected one of"),
         ({"normalization": "l2"}, ValueError, "'standard', 'cosine', 'none'"),
         (
-            {"every_n_train_steps": None, "every_n_epochs": None},
+            {"every_n_train_steps": None, "every_n_epochs": None, "at_start": False},
             ValueError,
             "every_n_train_steps=<n>",
         ),
+        ({"at_start": 1}, TypeError, "at_start must be True or False"),
+        ({"early_schedule": 0}, ValueError, "until must be an integer >= 1"),
+        ({"early_schedule": [0, -1]}, ValueError, "every early step must be an integer >= 0"),
+        ({"early_schedule": "log"}, TypeError, "early_schedule takes None, a last step T"),
+        ({"probe_transform": "train"}, TypeError, "probe_transform must be 'auto'"),
         ({"every_n_train_steps": 0}, ValueError, "positive integer"),
         ({"probe_size": 2}, ValueError, "probe_size must be an integer >= 3"),
         ({"probe_split": "validation"}, ValueError, "'train', 'val', 'test'"),
@@ -143,7 +148,7 @@ def test_plain_datamodule_with_explicit_types_draws_probes_from_validation_data(
     _fit(monitor, data=PlainData(), logger=recording)
     assert monitor.state_dict()["probe"]["source"] == "val_dataloader"
     assert len(monitor.state_dict()["probe"]["indices"]) == 5
-    assert sorted(recording.values("coherence/C4/orbit")) == [4]
+    assert sorted(recording.values("coherence/C4/orbit")) == [0, 4]  # at the start, end of epoch
 
 
 # ---------------------------------------------------------------- failure policy
@@ -161,7 +166,7 @@ def _broken_loss(prediction, target):
 def test_failures_warn_log_nothing_and_training_goes_on(loss_fn, reason):
     recording = RecordingLogger()
     monitor = Monitor(max_overhead=None, every_n_train_steps=2, probe_size=4, loss_fn=loss_fn)
-    with pytest.warns(UserWarning, match=f"could not measure at step [24]: rank 0: .*{reason}"):
+    with pytest.warns(UserWarning, match=f"could not measure at step [024]: rank 0: .*{reason}"):
         fit = _fit(monitor, logger=recording)
     assert fit.global_step == 4  # training went on
     assert not [k for _, m in recording.records for k in m if "D4" in k]

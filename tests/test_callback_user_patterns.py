@@ -57,7 +57,12 @@ def test_plain_fit_with_dataloaders_draws_probes_from_the_trainer_val_dataloader
     x_val, y_val = make_pairs(12, 2)
     recording = RecordingLogger()
     monitor = sc.OrbitCoherenceMonitor(
-        max_overhead=None, group="D4", field_type=["scalar"], every_n_train_steps=4, probe_size=6
+        max_overhead=None,
+        group="D4",
+        field_type=["scalar"],
+        every_n_train_steps=4,
+        at_start=False,
+        probe_size=6,
     )
     module = TinyModule()
     snapshot = {}
@@ -89,6 +94,7 @@ def test_dict_batches_with_extra_items_are_read_by_batch_items():
         group="D4",
         field_type=["scalar"],
         every_n_train_steps=4,
+        at_start=False,
         probe_size=6,
         batch_items=("state", "next"),
     )
@@ -108,6 +114,7 @@ def test_a_function_can_pick_input_and_target():
         group="C4",
         field_type=["scalar"],
         every_n_train_steps=4,
+        at_start=False,
         probe_size=5,
         batch_items=lambda sample: (sample["state"], sample["next"]),
     )
@@ -138,7 +145,9 @@ def test_a_model_whose_parameters_do_not_enter_the_forward_pass_logs_nothing_and
         )
         return recording
 
-    options = dict(group="D4", field_type=["scalar"], every_n_train_steps=4, probe_size=6)
+    options = dict(
+        group="D4", field_type=["scalar"], every_n_train_steps=4, at_start=False, probe_size=6
+    )
     with pytest.warns(UserWarning, match=r"does not depend on .*eval_mode=False"):
         recording = fit(sc.OrbitCoherenceMonitor(max_overhead=None, **options))
     assert not any(key.startswith("coherence/") for _, m in recording.records for key in m)
@@ -153,7 +162,12 @@ def test_a_model_whose_parameters_do_not_enter_the_forward_pass_logs_nothing_and
 
 def test_a_model_vmap_cannot_batch_is_measured_through_the_loop_with_one_warning():
     monitor = sc.OrbitCoherenceMonitor(
-        max_overhead=None, group="D4", field_type=["scalar"], every_n_train_steps=4, probe_size=6
+        max_overhead=None,
+        group="D4",
+        field_type=["scalar"],
+        every_n_train_steps=4,
+        at_start=False,
+        probe_size=6,
     )
     recording = RecordingLogger()
     data = {

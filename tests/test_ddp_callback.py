@@ -43,7 +43,17 @@ SCRIPT = textwrap.dedent(
     logger = RecordingLogger()
     fit = trainer(monitors, logger=logger, max_epochs=2, devices=2, strategy="ddp")
     module = TinyModule()
-    result = {"warnings": [], "error": None}
+    result = {"warnings": [], "error": None, "measured": []}
+    measure = monitors[0].measure
+
+    def recorded(trainer, pl_module):  # what each rank's monitor computed, logged or not
+        if trainer.global_step == 0 and trainer.global_rank == 0:
+            torch.save(pl_module.state_dict(), out + "/initial.pt")
+        scalars = measure(trainer, pl_module)
+        result["measured"].append([trainer.global_step, scalars])
+        return scalars
+
+    monitors[0].measure = recorded
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -87,14 +97,14 @@ def _launch(mode: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, dic
 
 
 @pytest.fixture(scope="module")
-def ok_run(tmp_path_factory) -> tuple[dict[int, dict], torch.nn.Module]:
+def ok_run(tmp_path_factory) -> tuple[dict[int, dict], torch.nn.Module, Path]:
     """One DDP run, two monitors: the default metric and subspace Gauss–Newton (prefix ``subspace/``)."""
     tmp_path = tmp_path_factory.mktemp("ddp_ok")
     done, results = _launch("ok", tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     module = TinyModule()
     module.load_state_dict(torch.load(tmp_path / "model.pt"))
-    return results, module.backbone.eval()
+    return results, module.backbone.eval(), tmp_path
 
 
 def _single_process(model, metric="identity", elements=None):
@@ -107,34 +117,39 @@ def _single_process(model, metric="identity", elements=None):
     return influence, errors
 
 
+def _values(summary):
+    """The measured values; the health entries (free memory, seconds) differ between runs."""
+    return {k: v for k, v in summary.items() if "measurement/" not in k}
+
+
 def _logged(results, key):
     return [(step, m) for step, m in results[0]["records"] if key in m]
 
 
 def test_ddp_values_equal_a_single_process_measurement_and_are_logged_once(ok_run):
-    results, model = ok_run
+    results, model, _ = ok_run
     assert set(results) == {0, 1} and results[1]["records"] == []  # only rank 0 writes to loggers
     logged = _logged(results, "coherence/D4/orbit")
-    assert [step for step, _ in logged] == [2, 4]  # 2 steps per epoch per rank, once each
+    assert [step for step, _ in logged] == [0, 2, 4]  # at the start, then every 2 steps, once each
 
     influence, errors = _single_process(model)
     expected = influence.summary(equivariance=errors)
     final = logged[-1][1]
     assert set(expected) <= set(final)
-    for key, value in expected.items():
+    for key, value in _values(expected).items():
         assert final[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
 
 
 def test_ddp_with_a_non_separable_metric_equals_a_single_process_measurement(ok_run):
-    results, model = ok_run
+    results, model, _ = ok_run
     logged = _logged(results, "subspace/coherence/D4/orbit")
-    assert [step for step, _ in logged] == [2, 4]
+    assert [step for step, _ in logged] == [0, 2, 4]
     metric = sc.coherence.GaussNewton(solver="subspace")
     influence, errors = _single_process(model, metric)
     expected = influence.summary(prefix="subspace/", equivariance=errors)
     final = logged[-1][1]
     assert set(expected) <= set(final)
-    for key, value in expected.items():
+    for key, value in _values(expected).items():
         assert final[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
 
     # splitting the elements across the two ranks would have given other values
@@ -147,6 +162,22 @@ def test_ddp_with_a_non_separable_metric_equals_a_single_process_measurement(ok_
     assert split[key] != pytest.approx(expected[key], rel=1e-3, abs=1e-3)
 
 
+def test_the_start_firing_gives_the_same_values_on_both_ranks_and_one_process(ok_run, tmp_path):
+    results, _, folder = ok_run
+    starts = [dict(results[rank]["measured"])[0] for rank in (0, 1)]
+    assert starts[0] == starts[1]  # every rank holds the same summary, bit for bit
+    logged = {k: v for step, m in results[0]["records"] if step == 0 for k, v in m.items()}
+    assert logged["coherence/D4/orbit"] == starts[0]["coherence/D4/orbit"]  # first logged step: 0
+
+    initial = TinyModule()  # the parameters DDP broadcast from rank 0 before the first step
+    initial.load_state_dict(torch.load(folder / "initial.pt"))
+    influence, errors = _single_process(initial.backbone.eval())
+    expected = influence.summary(equivariance=errors)
+    assert set(expected) <= set(starts[0])
+    for key, value in _values(expected).items():
+        assert starts[0][key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
+
+
 def test_a_failure_on_one_rank_makes_every_rank_skip_without_a_hang(tmp_path):
     # rank 1 raises at the firing of step 2 and produces NaN at the firing of step 4
     done, results = _launch("mixed", tmp_path)
@@ -156,7 +187,8 @@ def test_a_failure_on_one_rank_makes_every_rank_skip_without_a_hang(tmp_path):
     assert any("step 2: rank 1: RuntimeError: rank 1 broke" in w for w in warnings), warnings
     # a NaN loss on rank 1 gives non-finite gradients, which the engine refuses there
     assert any("step 4: rank 1: ValueError" in w and "non-finite" in w for w in warnings), warnings
-    assert not [k for _, m in results[0]["records"] for k in m if "D4" in k]
+    skipped = [k for step, m in results[0]["records"] if step > 0 for k in m if "D4" in k]
+    assert not skipped  # the start firing (step 0) succeeded on both ranks
 
 
 @pytest.mark.slow

@@ -29,9 +29,14 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from symcoherence.callbacks import _distributed as distributed
-from symcoherence.coherence import Measurement, Metric
+from symcoherence.coherence import LossFn, Measurement, MeasurementSpec, Metric, measure
+
+
+class MeasurementError(RuntimeError):
+    """A firing failed on at least one rank and ``on_error="raise"`` was requested."""
 
 
 @dataclasses.dataclass
@@ -47,6 +52,17 @@ class Outcome:
     result: Measurement | None
     messages: list[str | None]
     error: BaseException | None
+
+    def report(self, group: str, step: int, on_error: str) -> None:
+        """Warn that the firing at ``step`` was skipped, or raise :class:`MeasurementError`."""
+        details = "; ".join(f"rank {r}: {m}" for r, m in enumerate(self.messages) if m is not None)
+        text = f"OrbitCoherenceMonitor ({group}) could not measure at step {step}: {details}"
+        if on_error == "raise":
+            raise MeasurementError(text) from self.error
+        rank_zero_warn(
+            f"{text}. Nothing was logged for this step; training goes on (on_error='raise' stops "
+            "instead)"
+        )
 
 
 def share(elements: Sequence[str], metric: Metric, rank: int, world_size: int) -> list[str]:
@@ -96,3 +112,48 @@ def measure_collectively(
         return Outcome(None, distributed.all_gather_objects(message), error)
     parts = distributed.all_gather_objects(part) if separable else [part]
     return Outcome(Measurement.concatenate([p for p in parts if p is not None]), [], None)
+
+
+def measure_run(
+    pl_module: torch.nn.Module,
+    optimizers: Sequence[torch.optim.Optimizer],
+    spec: MeasurementSpec,
+    probe: tuple[torch.Tensor, torch.Tensor],
+    loss_fn: LossFn | None,
+    eval_mode: bool,
+) -> Outcome:
+    """One firing of a monitor on every rank: :func:`measure_collectively` of the run's model.
+
+    Args:
+        pl_module: the LightningModule (its ``backbone``, else itself, is measured).
+        optimizers: the trainer's optimizers (the first one serves ``metric="adam"``); isolation
+            guards their state.
+        spec: the completed measurement settings.
+        probe: ``(inputs, targets)`` of the probe set.
+        loss_fn: the per-sample loss overriding the module's, or ``None``.
+        eval_mode: measure in eval mode.
+    """
+    from symcoherence.callbacks._isolation import isolated
+    from symcoherence.callbacks._probes import find_loss, measured_model
+
+    optimizer = optimizers[0] if optimizers else None
+    inputs, targets = probe
+
+    def resolve() -> Metric:
+        if spec.metric == "adam" and optimizer is None:
+            raise ValueError("metric='adam' reads the training optimizer, but the trainer has none")
+        return spec.resolved_metric(optimizer)
+
+    def work(elements: list[str], metric: Metric) -> Measurement:
+        with isolated(pl_module, optimizers, eval_mode):
+            return measure(
+                measured_model(pl_module),
+                find_loss(pl_module, loss_fn),
+                inputs,
+                targets,
+                dataclasses.replace(spec, metric=metric),
+                elements=elements,
+            )
+
+    device = next(iter(pl_module.parameters())).device
+    return measure_collectively(work, spec.measured_elements, resolve, device)

@@ -5,8 +5,11 @@ Scalars reach every logger through Lightning; this module writes the rest: a fig
 (:func:`symcoherence.plotting.heatmap_figure`), histograms of ``I_n(g)``, one TensorBoard run per
 element (:class:`ElementRuns`: a sub-folder of the run, so each element's line gets its own colour
 and name), one custom-scalars layout (a chart per statistic with a line per element) and the
-hparams session that names basin compatibility and orbit coherence. Tags share the first path
-segment of the scalars they belong to, so TensorBoard groups them together: ``{prefix}influence/{group}/figure``, ``…/heatmap``, ``…/{element}`` (histogram).
+hparams session that names basin compatibility and orbit coherence, and the verdict of every
+firing as text (:func:`write_verdict`, TensorBoard's *Text* tab). Tags share the first path
+segment of the scalars they belong to, so TensorBoard groups them together:
+``{prefix}influence/{group}/figure``, ``…/heatmap``, ``…/{element}`` (histogram); the verdict text
+is ``{prefix}verdict/{group}`` (:func:`verdict_tag`).
 
 Example:
     >>> from symcoherence.callbacks._tensorboard import layout_for
@@ -159,3 +162,84 @@ def write_hparams(writer: Any, params: Mapping[str, Any], metrics: Sequence[str]
     file_writer = writer._get_file_writer()
     for summary in (experiment, start, end):
         file_writer.add_summary(summary)
+
+
+def verdict_tag(keys: Keys) -> str:
+    """``{prefix}verdict/{group}``: the text tag of the per-firing verdict."""
+    return keys.section("verdict")
+
+
+def write_verdict(writer: Any, keys: Keys, text: str, step: int) -> None:
+    """Write one firing's verdict (markdown) to the *Text* tab at ``step``."""
+    writer.add_text(verdict_tag(keys), text, step)
+
+
+def write_monitor_hparams(
+    writer: Any, hparams: Mapping[str, Any], record: Mapping[str, Any], keys: Keys, probe_size: int
+) -> None:
+    """The monitor's hparams session, with basin compatibility and orbit coherence as metrics.
+
+    The module's hparams and the measurement settings are the session's hparams
+    (see :func:`write_hparams`).
+
+    Args:
+        writer: the run's ``SummaryWriter``.
+        hparams: the LightningModule's hyper-parameters.
+        record: :meth:`~symcoherence.coherence.MeasurementSpec.record` of the monitor's spec.
+        keys: the monitor's key builder.
+        probe_size: number of probes.
+    """
+    params = dict(hparams or {})
+    stem = f"{keys.prefix}monitor/{record['group']}"
+    for setting in ("metric", "normalization"):
+        params[f"{stem}/{setting}"] = record[setting]
+    params[f"{stem}/probe_size"] = probe_size
+    write_hparams(writer, params, [keys.compatibility(), keys.orbit()])
+
+
+class TensorBoardView:
+    """What one monitor writes to a run's TensorBoard beyond scalars, with its write-once state.
+
+    The hparams session and the custom-scalars layout are written once per run; the per-element
+    runs are opened at the first firing and closed at :meth:`close`.
+
+    Args:
+        keys: the monitor's key builder.
+    """
+
+    def __init__(self, keys: Keys):
+        self.keys = keys
+        self.hparams_written = False
+        self.element_runs: ElementRuns | None = None
+
+    def hparams(
+        self, writer: Any, hparams: Mapping[str, Any], record: Mapping[str, Any], probes: int
+    ) -> None:
+        """The run's first hparams session (:func:`write_monitor_hparams`), once."""
+        if not self.hparams_written:
+            write_monitor_hparams(writer, hparams, record, self.keys, probes)
+            self.hparams_written = True
+
+    def firing(
+        self,
+        writer: Any,
+        measurement: Measurement,
+        step: int,
+        *,
+        figures: bool,
+        title: str,
+        verdict: str,
+    ) -> None:
+        """Layout (once), per-element runs, histograms, figures and the verdict of one firing."""
+        if self.element_runs is None:
+            write_layout(writer, self.keys)
+            self.element_runs = ElementRuns(writer.log_dir, self.keys)
+        self.element_runs.write(measurement.summary(), step)
+        log_firing(writer, self.keys, measurement, step, figures, title)
+        write_verdict(writer, self.keys, verdict, step)
+
+    def close(self) -> None:
+        """Close the per-element runs (a later firing reopens them and rewrites the layout)."""
+        if self.element_runs is not None:
+            self.element_runs.close()
+            self.element_runs = None

@@ -1,129 +1,110 @@
 """``OrbitCoherenceMonitor``: the Lightning callback that logs orbit influence while training runs.
 
-Glue only. This module holds the firing schedule, state and resume; the probe set and the checks
-are in :mod:`symcoherence.callback_setup`, one firing's measurement and its data-parallel work
-sharing in :mod:`symcoherence.callback_measure`, and what a firing logs in
-:mod:`symcoherence.callback_logging`. Every number comes from :mod:`symcoherence.coherence`
-(``orbit_influence``, ``equivariance_error``, ``OrbitInfluence.summary``).
-
-When parameters are measured:
-
-* by steps: in ``on_train_batch_end`` of the batch whose optimizer step made ``trainer.global_step``
-  a multiple of ``every_n_train_steps`` — i.e. the parameters *after* optimizer step
-  ``global_step``. Under gradient accumulation ``global_step`` counts optimizer steps, so the
-  accumulating batches in between never fire;
-* by epochs: in ``on_train_epoch_end`` (after that epoch's validation) of every
-  ``every_n_epochs``-th epoch, unless the same ``global_step`` was already measured.
-
-The model is measured in eval mode (dropout off, normalization layers use running statistics)
-unless ``eval_mode=False``; autocast is disabled and parameters in half precision are measured on a
-float32 copy, so the diagnostic always computes in float32 (or float64 for float64 models).
-Scalars are logged at ``step = trainer.global_step``.
+Glue only: its state, resume, and the Lightning hooks that ask the pure parts (``_schedule``,
+``_budget``, ``_timeline``) whether and what to fire and log; the other private modules of this
+package draw the probes, measure and write to TensorBoard. With ``metric="adam"`` and no optimizer
+state yet (a fresh run) there are no second moments to read, so the start firing moves to the end
+of the first step.
 
 Example:
     >>> from symcoherence.callbacks import OrbitCoherenceMonitor
-    >>> monitor = OrbitCoherenceMonitor(group="D4", every_n_train_steps=100, every_n_epochs=None)
+    >>> monitor = OrbitCoherenceMonitor(group="D4", early_schedule=64)
     >>> monitor.state_key
     "OrbitCoherenceMonitor{'group': 'D4', 'prefix': ''}"
-    >>> monitor.spec.measured_elements[:3]
-    ('e', 'r', 'r2')
+    >>> monitor.schedule.early.steps
+    (0, 1, 2, 4, 8, 16, 32, 64)
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_warn
 
 from symcoherence.callbacks import _tensorboard as tensorboard
+from symcoherence.callbacks._augmentation import check_transform, draw_probes
 from symcoherence.callbacks._budget import OverheadBudget
 from symcoherence.callbacks._distributed import all_ranks_max
-from symcoherence.callbacks._firing import measure_collectively
+from symcoherence.callbacks._firing import measure_run
 from symcoherence.callbacks._isolation import isolated
 from symcoherence.callbacks._probes import (
-    SPLITS,
     BatchItems,
     check_batch_items,
     check_configuration,
     declared_defaults,
-    draw_probe,
-    find_loss,
     measured_model,
 )
+from symcoherence.callbacks._schedule import EarlySchedule, FiringSchedule, as_early_schedule
+from symcoherence.callbacks._settings import (
+    ConfigurationError,
+    check_resumed_probe,
+    check_run,
+    check_settings,
+)
+from symcoherence.callbacks._timeline import Timeline
+from symcoherence.callbacks._verdict import verdict_text
 from symcoherence.coherence import (
+    Adam,
+    DecisionRule,
     Keys,
     LossFn,
     Measurement,
     MeasurementSpec,
     Metric,
     Projection,
-    measure,
 )
 from symcoherence.groups import FieldType, Group
 
 
-class MeasurementError(RuntimeError):
-    """A firing failed on at least one rank and ``on_error="raise"`` was requested."""
-
-
-class ConfigurationError(ValueError, TypeError):
-    """The monitor's settings do not fit the data, model or strategy of the run it was added to.
-
-    Raised at the first hook that sees the run (``setup``, ``on_train_start``), with the fix in the
-    message; a ``ValueError`` (and a ``TypeError``, for wrong kinds of data) so that callers can
-    catch either.
-    """
-
-
 class OrbitCoherenceMonitor(Callback):
-    """Log orbit influence, its statistics with intervals, and forward equivariance errors.
+    """Log orbit influence, its statistics with intervals, the verdict and forward equivariance errors.
 
     Add it to any ``Trainer``. The model differentiated is ``pl_module.backbone`` when the module
-    has one, else ``pl_module`` itself; the per-sample loss is ``loss_fn`` if given, else
-    ``pl_module.loss_fn``, else :func:`symcoherence.smse`. ``loss_fn(pred, target)`` takes one
-    unbatched sample and returns a scalar.
+    has one, else ``pl_module``; the per-sample loss ``loss_fn(pred, target) -> scalar`` (one
+    unbatched sample) is ``loss_fn`` if given, else ``pl_module.loss_fn``, else
+    :func:`symcoherence.smse`. Probes come from the datamodule's ``probe_batch(n, split, seed)``,
+    else from the ``probe_split`` dataset of the dataloaders. Each firing measures with
+    :func:`symcoherence.coherence.measure` and :attr:`spec`, as ``symcoherence analyze`` does.
 
-    Every firing measures with :func:`symcoherence.coherence.measure` and the monitor's
-    :class:`~symcoherence.coherence.MeasurementSpec` (:attr:`spec`), so ``symcoherence analyze``
-    with the same settings reports the same numbers. Scalars (e.g. ``coherence/D4/ratio/r`` with
-    ``coherence/D4/ratio_lo/r`` and ``…_hi``, ``coherence/D4/coupling/r``,
-    ``coherence/D4/transfer/r``, ``baseline/D4/r/offdiag_median``, ``basin/D4/compatibility``,
-    ``measurement/D4/degenerate_rows``; see :class:`~symcoherence.coherence.Keys`) go to every
-    logger at ``step = trainer.global_step`` and to ``trainer.callback_metrics`` through
-    ``pl_module.log(..., logger=False)``, so callbacks such as ``ModelCheckpoint`` can monitor
-    them. With a TensorBoard logger the monitor also writes a figure, the influence heatmap and
-    histograms per firing, one custom-scalars layout, and the final basin compatibility as an
-    hparams metric.
-
-    Under data-parallel training the group elements are split across ranks in contiguous shares
-    when the metric allows it (``Metric.element_separable``); the parts are gathered and every
-    rank computes the same summary (logged once, by rank 0). For a metric that is not
-    element-separable (``GaussNewton(solver="subspace")``, the orbit-batch Gauss–Newton metric)
-    every rank measures all elements on the same parameters and probe set, so the values equal a
-    single-process measurement. A failure or a non-finite value on any rank makes every rank skip
-    the firing with a warning (``on_error="warn"``) or raise :class:`MeasurementError`
-    (``on_error="raise"``); the ranks agree through a collective each of them enters.
+    Scalars (:class:`~symcoherence.coherence.Keys`, e.g. ``coherence/D4/transfer/r`` with ``…_lo``
+    and ``…_hi``, ``coherence/D4/suppressed/r``) go to every logger at ``trainer.global_step`` and
+    to ``trainer.callback_metrics``. The verdict's :attr:`timeline` (checkpointed) adds, for each
+    element the decision rule has flagged, ``coherence/{G}/first_flagged/{g}`` (the step of the
+    first flag), ``…/flag_held/{g}`` (1 while every firing since flagged it again) and, while the
+    flag stands, ``…/flagged_since/{g}``. A TensorBoard logger also gets the verdict in words
+    (*Text* tab, ``verdict/{G}``), figures, histograms, a custom-scalars layout and hparams. Under
+    DDP every rank computes the same summary (rank 0 logs it) and a failure on any rank skips the
+    firing everywhere (``on_error="warn"``) or raises :class:`MeasurementError`. Sharded training
+    is refused at ``setup``.
 
     Args:
-        group: a :class:`~symcoherence.groups.Group`, a name (``"D4"``, ``"C4"``), a group spec
-            or its JSON; ``None`` or ``"default"``: the datamodule's ``diagnostic_group`` (else
-            its ``symmetry_group``).
+        group: a :class:`~symcoherence.groups.Group`, a name (``"D4"``), a group spec or its JSON;
+            ``None`` or ``"default"``: the datamodule's ``diagnostic_group`` (else
+            ``symmetry_group``).
         elements: element names to measure (default: all); the identity is always included.
         metric: ``"identity"``, ``"adam"`` (the training optimizer's second moments),
-            ``"gauss_newton"`` (the reference Gauss–Newton metric) or a
-            :class:`~symcoherence.coherence.Metric`.
+            ``"gauss_newton"`` or a :class:`~symcoherence.coherence.Metric`.
         normalization: ``"standard"``, ``"cosine"`` or ``"none"``.
+        at_start: measure once before the first optimizer step, on the initialized (or resumed)
+            model: the preflight reading.
+        early_schedule: dense firings early in training, outside the overhead budget: a last step
+            ``T`` (steps ``0, 1, 2, 4, …, ≤ T``: about ``2 + log2 T`` firings), a list of steps or
+            an :class:`~symcoherence.callbacks.EarlySchedule`; ``None`` (default): none.
         every_n_train_steps: measure after every n-th optimizer step (``None``: never by steps).
         every_n_epochs: measure at the end of every n-th epoch (``None``: never by epochs).
         probe_size: number ``N`` of probe pairs (at least 3).
-        probe_split: where probes come from: ``"val"``, ``"train"`` or ``"test"``.
-        probe_seed: seed of the probe draw (the global RNG is not used).
+        probe_split: ``"val"`` (does learning from data like these reach ``g·x``?), ``"train"``
+            (through the training augmentation: will *this* run learn ``g``?) or ``"test"``.
+        probe_seed: seed of the probe draw and of its augmentation (the global RNG is not used).
+        probe_transform: ``"auto"`` (for ``probe_split="train"``: the datamodule's
+            ``augment(inputs, targets, generator)``, else one element of its ``augment_group``
+            per probe), ``None``, or a function ``(inputs, targets, generator) -> (inputs,
+            targets)`` applied to any split.
+        rule: the decision rule that flags elements (default ``DecisionRule("transfer", 0.5)``).
         equivariance: also log forward equivariance errors ``E_n(g)``.
         rollout_steps: if positive, also log the equivariance error of a rollout of this length.
         log_figures: write the figure and heatmap to TensorBoard (histograms are always written).
@@ -134,36 +115,22 @@ class OrbitCoherenceMonitor(Callback):
         field_type: input field type (default: the datamodule's ``field_type``).
         target_field_type: target field type (default: the datamodule's ``target_field_type``,
             else ``field_type``).
-        eval_mode: measure with the model in eval mode (default). With ``False`` the model's own
-            modes are kept, and batch norm or dropout in training mode are refused.
+        eval_mode: measure in eval mode (default); ``False`` keeps the model's modes and refuses
+            batch norm or dropout in training mode.
         confidence: level of the bootstrap intervals.
         resamples: bootstrap resamples.
-        batch_items: which items of a dataset sample are ``(input, target)`` when probes are
-            drawn from a dataset (no ``probe_batch``): a pair of keys or indices, e.g.
-            ``("x", "y")`` for dict samples or ``(0, 1)`` (default) for tuples with extra items,
-            or a function ``sample -> (input, target)``.
-        max_overhead: the share of training time the monitor may take (default 5 %): after each
-            firing the next one waits at least ``ceil(firing seconds / (max_overhead × seconds
-            per training step))`` steps, on top of ``every_n_*`` (which stay minimum intervals).
-            The interval is logged as ``measurement/{G}/interval_steps`` and the measured share
-            as ``measurement/{G}/overhead``; ``None`` fires at every scheduled point.
-        projection: measure on seeded random projections of the per-sample gradients, for
-            models too large to hold ``N`` exact gradients (e.g.
-            ``Projection(dim=2**20, seed=0)``; in YAML ``projection: {dim: 1048576}``). Works with
-            the identity and Adam metrics; with Gauss–Newton it is refused at construction. A
-            ``dim`` of at least the parameter count reproduces the exact measurement.
-
-    Probes come from the datamodule's ``probe_batch(n, split, seed)`` when it has one, else from
-    the ``probe_split`` dataset of the datamodule's or module's dataloader hooks, else from the
-    dataloaders given to ``trainer.fit(model, train_dataloaders=..., val_dataloaders=...)``.
-
-    Sharded training (FSDP, DeepSpeed, model parallelism) is refused at ``setup``: per-sample
-    gradients need every parameter on one rank.
+        batch_items: the ``(input, target)`` items of a dataset sample: a pair of keys or indices
+            (default ``(0, 1)``) or a function ``sample -> (input, target)``.
+        max_overhead: the share of training time budgeted firings may take (default 5 %): after
+            a firing of ``c`` seconds the next waits ``ceil(c / (max_overhead × seconds per
+            step))`` steps (``measurement/{G}/interval_steps``, ``…/overhead``); ``None``: no
+            budget.
+        projection: measure on seeded random projections of the per-sample gradients (e.g.
+            ``Projection(dim=2**20, seed=0)``); identity and Adam metrics only.
 
     Raises:
         ValueError, TypeError: for invalid arguments (at construction) and for a configuration that
-            does not match the data, the model or the strategy (at ``setup`` /
-            ``on_train_start``).
+            does not match the data, the model or the strategy (at ``setup`` / ``on_train_start``).
     """
 
     def __init__(
@@ -173,11 +140,15 @@ class OrbitCoherenceMonitor(Callback):
         elements: Sequence[str] | None = None,
         metric: str | Metric = "identity",
         normalization: str = "standard",
+        at_start: bool = True,
+        early_schedule: EarlySchedule | int | Sequence[int] | None = None,
         every_n_train_steps: int | None = None,
         every_n_epochs: int | None = 1,
         probe_size: int = 48,
         probe_split: str = "val",
         probe_seed: int = 0,
+        probe_transform: str | Callable | None = "auto",
+        rule: DecisionRule | None = None,
         equivariance: bool = True,
         rollout_steps: int = 0,
         log_figures: bool = True,
@@ -207,67 +178,42 @@ class OrbitCoherenceMonitor(Callback):
             confidence=confidence,
             resamples=resamples,
             projection=projection,
+            rule=DecisionRule() if rule is None else rule,
         )
-        self.every_n_train_steps = every_n_train_steps
-        self.every_n_epochs = every_n_epochs
-        self.probe_size = probe_size
-        self.probe_split = probe_split
-        self.probe_seed = probe_seed
+        check_settings(
+            every_n_train_steps=every_n_train_steps,
+            every_n_epochs=every_n_epochs,
+            at_start=at_start,
+            early_schedule=early_schedule,
+            probe_size=probe_size,
+            probe_split=probe_split,
+            probe_seed=probe_seed,
+            on_error=on_error,
+            prefix=prefix,
+            loss_fn=loss_fn,
+        )
+        check_transform(probe_transform)
+        check_batch_items(batch_items)
+        self.schedule = FiringSchedule(
+            at_start, as_early_schedule(early_schedule), every_n_train_steps, every_n_epochs
+        )
+        self.probe_size, self.probe_split, self.probe_seed = probe_size, probe_split, probe_seed
+        self.probe_transform = probe_transform
         self.log_figures = bool(log_figures)
         self.on_error = on_error
         self.prefix = prefix
         self.loss_fn = loss_fn
-        self._check_schedule()
         self.eval_mode = bool(eval_mode)
-        check_batch_items(batch_items)
         self.batch_items = batch_items
         self.budget = OverheadBudget(max_overhead)
+        self.timeline = Timeline()
         self._probe: tuple[torch.Tensor, torch.Tensor] | None = None
         self._probe_identity: dict[str, Any] | None = None
         self._restored_identity: dict[str, Any] | None = None
         self._last_step = -1
-        self._hparams_written = False
-        self._layout_written = False
-        self._element_runs: tensorboard.ElementRuns | None = None
+        self._start = "done"  # "pending" from on_train_start until the start firing ran
+        self._view: tensorboard.TensorBoardView | None = None
         self._state_key: tuple[tuple[str, str] | None, str] = (None, "")
-
-    def _check_schedule(self) -> None:
-        """Raise ``ValueError``/``TypeError`` naming the fix for an invalid schedule setting."""
-        every_n_train_steps, every_n_epochs = self.every_n_train_steps, self.every_n_epochs
-        probe_size, probe_split, probe_seed = self.probe_size, self.probe_split, self.probe_seed
-        on_error, prefix, loss_fn = self.on_error, self.prefix, self.loss_fn
-        for name, value in (
-            ("every_n_train_steps", every_n_train_steps),
-            ("every_n_epochs", every_n_epochs),
-        ):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
-        if every_n_train_steps is None and every_n_epochs is None:
-            raise ValueError(
-                "the monitor would never measure: set every_n_train_steps=<n> and/or "
-                "every_n_epochs=<n> (or remove the callback)"
-            )
-        if isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 3:
-            raise ValueError(
-                f"probe_size must be an integer >= 3 (the normalization, the specific coupling and "
-                f"the random-pair baseline need several probes; 48 is the default), got {probe_size!r}"
-            )
-        if probe_split not in SPLITS:
-            raise ValueError(f"probe_split must be one of {list(SPLITS)}, got {probe_split!r}")
-        if isinstance(probe_seed, bool) or not isinstance(probe_seed, int):
-            raise TypeError(f"probe_seed must be an int, got {probe_seed!r}")
-        if on_error not in ("warn", "raise"):
-            raise ValueError(f"on_error must be 'warn' or 'raise', got {on_error!r}")
-        if not isinstance(prefix, str):
-            raise TypeError(
-                f"prefix must be a string such as '' or 'probe/', got {type(prefix).__name__}"
-            )
-        if loss_fn is not None and not callable(loss_fn):
-            raise TypeError(
-                f"loss_fn must be callable as loss_fn(pred, target) -> scalar, got {type(loss_fn).__name__}"
-            )
 
     # ------------------------------------------------------------------ identity and state
     @property
@@ -296,20 +242,22 @@ class OrbitCoherenceMonitor(Callback):
         return self._state_key[1]
 
     def state_dict(self) -> dict[str, Any]:
-        """Schedule position (with the overhead budget's next allowed step) and probe identity."""
+        """Schedule position (with the budget's next allowed step), probe identity, timeline."""
         return {
             "last_step": self._last_step,
             "probe": self._probe_identity,
             "budget": self.budget.state_dict(),
+            "timeline": self.timeline.state_dict(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the schedule; the probe set is checked against the stored identity when drawn."""
+        """Restore the schedule and timeline; the probe set is checked against the stored identity."""
         self._last_step = int(state_dict["last_step"])
         self._restored_identity = state_dict.get("probe")
         self.budget.load_state_dict(state_dict.get("budget", {}))
+        self.timeline.load_state_dict(state_dict.get("timeline", {}))
         if self._probe_identity is not None:
-            self._check_restored_probe()
+            check_resumed_probe(self._restored_identity, self._probe_identity)
 
     # ------------------------------------------------------------------ setup and checks
     @contextlib.contextmanager
@@ -328,41 +276,21 @@ class OrbitCoherenceMonitor(Callback):
             self._setup(trainer, pl_module, stage)
 
     def _setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        sharded = {"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"}
-        strategy = getattr(trainer, "strategy", None)
-        if sharded & {cls.__name__ for cls in type(strategy).__mro__}:
-            raise ValueError(
-                f"OrbitCoherenceMonitor does not measure sharded training "
-                f"({type(strategy).__name__}): each rank holds only a shard of the parameters, and "
-                "per-sample gradients need all of them. Train with DDP (strategy='ddp') while "
-                "monitoring, or measure saved checkpoints with `symcoherence analyze`"
-            )
-        datamodule = trainer.datamodule
-        self.spec = self.spec.complete(**declared_defaults(datamodule))
-        if stage == "fit":
-            self._write_hparams(trainer, pl_module)
-        declared = [
-            g
-            for g in (
-                getattr(datamodule, name, None) for name in ("diagnostic_group", "symmetry_group")
-            )
-            if isinstance(g, Group)
-        ]
-        outside = [
-            e for e in self.spec.measured_elements if declared and not any(e in g for g in declared)
-        ]
-        if outside:
-            rank_zero_warn(
-                f"elements {outside} of group {self.group.name} are not among the symmetries the "
-                f"datamodule declares ({', '.join(g.name for g in declared)}); their statistics "
-                "measure symmetries the data do not have"
-            )
+        self.spec = self.spec.complete(**declared_defaults(trainer.datamodule))
+        check_run(trainer, self.spec)
+        if self._view is None or self._view.keys != self.keys:
+            self._view = tensorboard.TensorBoardView(self.keys)
+        writer = tensorboard.find_tensorboard_writer(trainer.loggers)
+        if stage == "fit" and writer is not None and trainer.is_global_zero:
+            hparams = getattr(pl_module, "hparams", {})
+            self._view.hparams(writer, hparams, self.spec.record(), self.probe_size)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Draw the probe set and check it against field types, group and model (first chance)."""
         self._prepare(trainer, pl_module)
         self.budget.agree = lambda interval: all_ranks_max(interval, device=pl_module.device)
         self.budget.start(trainer.global_step)
+        self._start = "pending"
 
     def _prepare(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._probe is not None:
@@ -370,12 +298,15 @@ class OrbitCoherenceMonitor(Callback):
         if not self.spec.is_complete:
             self.setup(trainer, pl_module, "fit")
         with isolated(pl_module, trainer.optimizers, self.eval_mode), self._configuring():
-            inputs, targets, identity = draw_probe(
+            inputs, targets, identity = draw_probes(
                 trainer.datamodule,
                 pl_module,
                 self.probe_size,
                 self.probe_split,
                 self.probe_seed,
+                field_type=self.spec.field_type,
+                target_field_type=self.spec.output_field_type,
+                transform=self.probe_transform,
                 trainer=trainer,
                 batch_items=self.batch_items,
             )
@@ -383,78 +314,68 @@ class OrbitCoherenceMonitor(Callback):
         self._probe = (inputs, targets)
         self._probe_identity = identity
         if self._restored_identity is not None:
-            self._check_restored_probe()
-
-    def _check_restored_probe(self) -> None:
-        stored, current = self._restored_identity, self._probe_identity
-        if (
-            stored is not None
-            and current is not None
-            and stored.get("sha256") != current.get("sha256")
-        ):
-            rank_zero_warn(
-                f"the probe set differs from the one in the checkpoint (stored {stored}, now "
-                f"{current}): values after resuming are not comparable with earlier ones; resume "
-                "with the same data, probe_split, probe_seed and probe_size"
-            )
+            check_resumed_probe(self._restored_identity, identity)
 
     # ------------------------------------------------------------------ schedule
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """The start firing: before the first optimizer step of this fit."""
+        if self._start != "pending":
+            return
+        self._start = "done"
+        if not self.schedule.at_fit_start(trainer.global_step, self._last_step):
+            return
+        metric, optimizers = self.spec.metric, trainer.optimizers
+        if (
+            (metric == "adam" or isinstance(metric, Adam))
+            and optimizers
+            and not optimizers[0].state
+        ):
+            self._start = "after first step"  # Adam has no second moments before its first step
+            return
+        self._fire(trainer, pl_module, budgeted=False)
+
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Measure when the optimizer step just taken made ``global_step`` a multiple of n."""
-        n, step = self.every_n_train_steps, trainer.global_step
-        if n is not None and step > 0 and step % n == 0 and step != self._last_step:
-            self._scheduled(trainer, pl_module)
+        """Early, deferred-start and every-n-steps firings after the optimizer step just taken."""
+        step, deferred = trainer.global_step, self._start == "after first step"
+        if deferred and step > 0 and step != self._last_step:
+            self._start = "done"
+            self._fire(trainer, pl_module, budgeted=False)
+        elif (kind := self.schedule.after_step(step, self._last_step)) is not None:
+            self._fire(trainer, pl_module, budgeted=kind == "budgeted")
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Measure at the end of every n-th epoch (unless this step was just measured)."""
-        n = self.every_n_epochs
-        if (
-            n is not None
-            and (trainer.current_epoch + 1) % n == 0
-            and trainer.global_step != self._last_step
-        ):
-            self._scheduled(trainer, pl_module)
+        if self.schedule.at_epoch_end(trainer.current_epoch, trainer.global_step, self._last_step):
+            self._fire(trainer, pl_module, budgeted=True)
 
-    def _scheduled(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """A scheduled firing: run it if the overhead budget allows, then space the next one."""
+    def _fire(self, trainer: Trainer, pl_module: LightningModule, budgeted: bool) -> None:
+        """Fire (``budgeted``: only if the overhead budget allows); the budget records the cost."""
         step = trainer.global_step
-        if not self.budget.allows(step):
+        if budgeted and not self.budget.allows(step):
             return
         start = self.budget.clock()
         self.measure(trainer, pl_module)
         interval = self.budget.record(step, self.budget.clock() - start)
         if self.budget.max_overhead is None or self.group is None:
             return
-        keys = self.keys
-        extra = {keys.measurement("interval_steps"): float(interval)}
+        extra = {self.keys.measurement("interval_steps"): float(interval)}
         if math.isfinite(self.budget.overhead):
-            extra[keys.measurement("overhead")] = self.budget.overhead
-        for key, value in extra.items():
+            extra[self.keys.measurement("overhead")] = self.budget.overhead
+        self._emit(trainer, pl_module, extra)
+
+    @staticmethod
+    def _emit(trainer: Trainer, pl_module: LightningModule, scalars: dict[str, float]) -> bool:
+        """Scalars to ``callback_metrics`` on every rank and to the loggers on rank 0 (returned)."""
+        for key, value in scalars.items():
             pl_module.log(key, value, logger=False, sync_dist=False, batch_size=1)
         if trainer.is_global_zero:
             for logger in trainer.loggers:
-                logger.log_metrics(extra, step=step)
-
-    def _write_hparams(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Declare the run's hparams session with the monitor's metrics, before Lightning's own.
-
-        TensorBoard's HParams dashboard shows the first session of a run and reads each metric as
-        the last value of its scalar tag, so the session is written once, at setup, naming basin
-        compatibility and orbit coherence (Lightning's later session, with its ``hp_metric``, is
-        not shown; ``TensorBoardLogger(default_hp_metric=False)`` drops that placeholder).
-        """
-        writer = tensorboard.find_tensorboard_writer(trainer.loggers)
-        if self._hparams_written or writer is None or not trainer.is_global_zero:
-            return
-        self._hparams_written = True
-        record, keys = self.spec.record(), self.keys
-        params = dict(getattr(pl_module, "hparams", {}) or {})
-        for setting in ("metric", "normalization"):
-            params[f"{self.prefix}monitor/{record['group']}/{setting}"] = record[setting]
-        params[f"{self.prefix}monitor/{record['group']}/probe_size"] = self.probe_size
-        tensorboard.write_hparams(writer, params, [keys.compatibility(), keys.orbit()])
+                logger.log_metrics(scalars, step=trainer.global_step)
+        return trainer.is_global_zero
 
     # ------------------------------------------------------------------ one measurement
     def measure(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float] | None:
@@ -465,79 +386,45 @@ class OrbitCoherenceMonitor(Callback):
         """
         self._last_step = trainer.global_step
         self._prepare(trainer, pl_module)
-        inputs, targets = self._probe
-        optimizer = trainer.optimizers[0] if trainer.optimizers else None
-
-        def resolve() -> Metric:
-            if self.spec.metric == "adam" and optimizer is None:
-                raise ValueError(
-                    "metric='adam' reads the training optimizer, but the trainer has none"
-                )
-            return self.spec.resolved_metric(optimizer)
-
-        def work(elements: list[str], metric: Metric) -> Measurement:
-            with isolated(pl_module, trainer.optimizers, self.eval_mode):
-                return measure(
-                    measured_model(pl_module),
-                    find_loss(pl_module, self.loss_fn),
-                    inputs,
-                    targets,
-                    dataclasses.replace(self.spec, metric=metric),
-                    elements=elements,
-                )
-
-        outcome = measure_collectively(work, self.spec.measured_elements, resolve, pl_module.device)
+        outcome = measure_run(
+            pl_module, trainer.optimizers, self.spec, self._probe, self.loss_fn, self.eval_mode
+        )
         if outcome.result is None:
-            self._skip(trainer, outcome.messages, outcome.error)
+            outcome.report(
+                self.group.name if self.group else "?", trainer.global_step, self.on_error
+            )
             return None
         return self._log(trainer, pl_module, outcome.result)
 
-    def _skip(
-        self, trainer: Trainer, messages: list[str | None], error: BaseException | None
-    ) -> None:
-        details = "; ".join(f"rank {r}: {m}" for r, m in enumerate(messages) if m is not None)
-        text = (
-            f"OrbitCoherenceMonitor ({self.group.name if self.group else '?'}) could not measure at "
-            f"step {trainer.global_step}: {details}"
-        )
-        if self.on_error == "raise":
-            raise MeasurementError(text) from error
-        rank_zero_warn(
-            f"{text}. Nothing was logged for this step; training goes on (on_error='raise' stops instead)"
-        )
-
-    def _title(self, step: int) -> str:
-        record = self.spec.record()
-        return (
-            f"{record['group']}, {record['metric']} metric, {record['normalization']} "
-            f"normalization, N = {self.probe_size} {self.probe_split} probes, step {step}"
-        )
+    @property
+    def probes(self) -> str:
+        """How the probes are drawn, in words (e.g. ``"48 train probes (D4 augmentation …)"``)."""
+        described = (self._probe_identity or {}).get("transform")
+        text = f"{self.probe_size} {self.probe_split} probes"
+        return f"{text} ({described})" if described else text
 
     def _log(
         self, trainer: Trainer, pl_module: LightningModule, result: Measurement
     ) -> dict[str, float]:
-        keys = self.keys
+        keys, step, summary = self.keys, trainer.global_step, result.summary()
+        self.timeline.update(step, summary.suppressed)
         scalars = result.scalars(self.prefix)
-        for key, value in scalars.items():
-            pl_module.log(key, value, logger=False, sync_dist=False, batch_size=1)
-        if not trainer.is_global_zero:
-            return scalars
-        step = trainer.global_step
-        for logger in trainer.loggers:
-            logger.log_metrics(scalars, step=step)
+        scalars.update(self.timeline.scalars(keys.group, self.prefix))
         writer = tensorboard.find_tensorboard_writer(trainer.loggers)
-        if writer is not None:
-            if not self._layout_written:
-                tensorboard.write_layout(writer, keys)
-                self._layout_written = True
-                self._element_runs = tensorboard.ElementRuns(writer.log_dir, keys)
-            self._element_runs.write(result.summary(), step)
-            tensorboard.log_firing(writer, keys, result, step, self.log_figures, self._title(step))
+        if self._emit(trainer, pl_module, scalars) and writer is not None:
+            record = self.spec.record()
+            self._view.firing(
+                writer,
+                result,
+                step,
+                figures=self.log_figures,
+                title=f"{record['group']}, {record['metric']} metric, {record['normalization']} "
+                f"normalization, N = {self.probes}, step {step}",
+                verdict=verdict_text(summary, step, self.probes, self.timeline),
+            )
         return scalars
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Close the per-element TensorBoard runs."""
-        if self._element_runs is not None:
-            self._element_runs.close()
-            self._element_runs = None
-            self._layout_written = False
+        if self._view is not None:
+            self._view.close()

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers.file_formats import divergence_free_velocity, write_pdegym, write_the_well
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from symcoherence.callbacks import OrbitCoherenceMonitor
 from symcoherence.cli import main
 from symcoherence.cli.lightning import lightning_cli
 from symcoherence.data import PDEGymSource, TheWellSource
-from tests.helpers.file_formats import divergence_free_velocity, write_pdegym, write_the_well
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 PATH = "--data.init_args.source.init_args.path"

@@ -4,11 +4,11 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from helpers.file_formats import divergence_free_velocity, write_pdegym
 
 from symcoherence.data import PDEGymSource
 from symcoherence.data.pdegym import relative_divergence
 from symcoherence.groups import FieldType
-from tests.helpers.file_formats import divergence_free_velocity, write_pdegym
 
 N, T, GRID = 4, 3, 16
 

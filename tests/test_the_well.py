@@ -1,15 +1,16 @@
 """TheWellSource on synthetic files written in The Well's published layout (x-first storage)."""
 
 import logging
+import os
 
 import h5py
 import numpy as np
 import pytest
 import torch
+from helpers.file_formats import boundary, write_the_well
 
 from symcoherence.data import TheWellSource, TrajectoryDataModule
 from symcoherence.groups import D4, FieldType
-from tests.helpers.file_formats import boundary, write_the_well
 
 B, T, NX, NY = 3, 5, 8, 6
 
@@ -267,8 +268,6 @@ def test_cached_window_equals_a_direct_read_and_a_changed_file_gets_a_new_key(tm
     key = source.cache_config()
     with h5py.File(flow, "a") as file:
         file["t0_fields"]["tracer"][0, 0, 0, 0] = -5.0
-    import os
-
     os.utime(flow, ns=(1, 1))
     assert TheWellSource(flow, num_trajectories=2).cache_config() != key
 

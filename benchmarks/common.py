@@ -11,13 +11,16 @@ from symcoherence.models import FNO2d, UNet2d
 GRID, N, GROUP, KIND = 64, 16, sc.groups.D4(), sc.FieldType(["pseudoscalar"])
 
 
-def build(name: str):
-    """``(model, x, y)``: the ``"unet"`` or ``"fno"`` small preset in eval mode, random probes."""
+def build(name: str, grid: int = GRID, num: int = N):
+    """``(model, x, y)``: the ``"unet"`` or ``"fno"`` small preset in eval mode, random probes.
+
+    ``grid`` and ``num`` default to the 64², N = 16 problem; the quickstart's scale is 32², 48.
+    """
     torch.manual_seed(0)
     model = {"unet": UNet2d, "fno": FNO2d}[name](1, 1, preset="small").eval()
     generator = torch.Generator().manual_seed(1)
-    x = torch.randn(N, 1, GRID, GRID, generator=generator)
-    y = torch.randn(N, 1, GRID, GRID, generator=generator)
+    x = torch.randn(num, 1, grid, grid, generator=generator)
+    y = torch.randn(num, 1, grid, grid, generator=generator)
     return model, x, y
 
 

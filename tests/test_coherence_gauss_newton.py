@@ -22,6 +22,8 @@ INFO_KEYS = {
     "solver_iterations",
     "preconditioner_rank",
     "trace_estimate",
+    "memory_budget",  # every measurement records its memory budget and largest chunk
+    "chunk_size",
 }
 
 

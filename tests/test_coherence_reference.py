@@ -102,9 +102,10 @@ def test_adam_metric_matches_reference():
 def test_automatic_chunk_sizes():
     from symcoherence.coherence.gradients.chunking import resolve_chunk_size
 
-    cpu = torch.device("cpu")
-    assert resolve_chunk_size("auto", 16, 1_000, torch.float32, cpu) == 8  # CPU cap
-    assert resolve_chunk_size("auto", 3, 1_000, torch.float32, cpu) == 3  # never above N
-    assert resolve_chunk_size("auto", 16, 10_000_000, torch.float32, cpu) == 1  # memory: a loop
+    cpu, budget = torch.device("cpu"), 2**30
+    assert resolve_chunk_size("auto", 16, 1_000, torch.float32, cpu, budget_bytes=budget) == 8
+    assert resolve_chunk_size("auto", 3, 1_000, torch.float32, cpu, budget_bytes=budget) == 3
+    # memory: 150 MiB less 128 MB of probe gradients leave room for 2 vmapped samples: a loop
+    assert resolve_chunk_size("auto", 16, 10**6, torch.float32, cpu, budget_bytes=150 * 2**20) == 1
     assert resolve_chunk_size(None, 16, 10_000_000, torch.float32, cpu) == 16
     assert resolve_chunk_size(5, 16, 10, torch.float32, cpu) == 5

@@ -38,6 +38,7 @@ from torch import nn
 
 from symcoherence.coherence.gradients.chunking import ChunkSize
 from symcoherence.coherence.gradients.functional import FunctionalModel
+from symcoherence.coherence.gradients.memory import DEFAULT_MEMORY_FRACTION, MemoryLimit
 from symcoherence.coherence.gradients.parameters import (
     LossFn,
     ParameterFilter,
@@ -129,6 +130,7 @@ def orbit_influence(
     breakdown: bool = False,
     randomness: Randomness = "error",
     projection: Projection | None = None,
+    max_memory: MemoryLimit = DEFAULT_MEMORY_FRACTION,
 ) -> OrbitInfluence:
     r"""Orbit influence ``H^g[n, m] = (b_n^g)ᵀ M⁻¹ a_m`` for every element ``g`` (see module docs).
 
@@ -156,6 +158,9 @@ def orbit_influence(
         projection: a :class:`~symcoherence.coherence.Projection` to measure on seeded random
             projections of the gradients, ``H ≈ (S M^{-1/2} b)ᵀ (S M^{-1/2} a)`` (exact in
             expectation, memory ``O(N·d + model)``; diagonal metrics only), or ``None`` (exact).
+        max_memory: memory budget of the gradient chunks, in bytes (an int) or as a fraction of
+            the device's free memory (a float in (0, 1]); ``info`` records it in bytes
+            (``memory_budget``) with the largest chunk taken (``chunk_size``).
 
     Returns:
         :class:`~symcoherence.coherence.OrbitInfluence` with ``matrix`` ``(K, N, N)``.
@@ -177,7 +182,7 @@ def orbit_influence(
         )
     check_modes(model, randomness)
     with grad_mode():
-        fmodel = FunctionalModel(model, parameter_filter)
+        fmodel = FunctionalModel(model, parameter_filter, max_memory=max_memory)
         # projected gradients carry the metric's diagonal, so they meet under the identity
         source = (
             fmodel
@@ -202,6 +207,7 @@ def orbit_influence(
         reduced = reducer.reduce(problem)
         if projection is not None:
             reduced.info.update(projection_dim=source.layout.size, projection_seed=projection.seed)
+        reduced.info.update(memory_budget=fmodel.memory_budget, chunk_size=source.largest_chunk)
     result = OrbitInfluence(
         matrix=reduced.matrix.detach(),
         bra_self=reduced.bra_self.detach(),

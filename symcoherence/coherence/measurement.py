@@ -197,6 +197,7 @@ def measure(
         chunk_size=spec.chunk_size,
         parameter_filter=spec.parameter_filter,
         projection=spec.projection,
+        max_memory=spec.max_memory,
         **types,
     )
     result = Measurement(

@@ -150,12 +150,23 @@ class OrbitInfluence:
         return int(empty.sum())
 
     def health(self) -> dict[str, float]:
-        """Measurement health: degenerate rows, zero gradients and the solver's record."""
+        """Measurement health: degenerate rows, zero gradients, solver record, memory and chunk.
+
+        The memory entries are the budget in bytes (``memory_budget``) and the largest gradient
+        chunk taken (``chunk_size``).
+        """
         entries = {
             "degenerate_rows": float(self.degenerate_rows),
             "zero_gradients": float(self.zero_gradients),
         }
-        for name in ("damping", "relative_damping", "solver_residual", "solver_iterations"):
+        for name in (
+            "damping",
+            "relative_damping",
+            "solver_residual",
+            "solver_iterations",
+            "memory_budget",
+            "chunk_size",
+        ):
             value = self.info.get(name)
             if isinstance(value, Number):
                 entries[name] = float(value)

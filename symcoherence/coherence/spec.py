@@ -31,6 +31,11 @@ from typing import Any
 import torch
 
 from symcoherence.coherence.gradients.chunking import ChunkSize
+from symcoherence.coherence.gradients.memory import (
+    DEFAULT_MEMORY_FRACTION,
+    MemoryLimit,
+    check_max_memory,
+)
 from symcoherence.coherence.gradients.parameters import ParameterFilter
 from symcoherence.coherence.gradients.projection import Projection
 from symcoherence.coherence.metrics.base import Metric
@@ -113,6 +118,10 @@ class MeasurementSpec:
         projection: measure on seeded random projections of the gradients (a
             :class:`~symcoherence.coherence.Projection`; for large models, diagonal metrics
             only), or ``None`` for the exact engine.
+        max_memory: memory budget of the gradient chunks: bytes (an int) or a fraction in (0, 1]
+            of the device's free memory when the measurement starts (a float; default 0.25,
+            see :mod:`~symcoherence.coherence.gradients.memory`). ``chunk_size="auto"`` takes the
+            largest chunk within it; a measurement that does not fit one sample at a time fails.
 
     Raises:
         ValueError, TypeError: for any invalid setting, with the fix in the message.
@@ -133,6 +142,7 @@ class MeasurementSpec:
     seed: int = 0
     rule: DecisionRule = DecisionRule()
     projection: Projection | None = None
+    max_memory: MemoryLimit = DEFAULT_MEMORY_FRACTION
 
     def __post_init__(self) -> None:
         def settle(name: str, value: Any) -> None:
@@ -174,6 +184,7 @@ class MeasurementSpec:
                     f"Projection(dim=65536, seed=0)) or None, got {self.projection!r}"
                 )
             check_projectable(self.metric)
+        check_max_memory(self.max_memory)
         _check_positive_int(self.rollout_steps, "rollout_steps", minimum=0)
         _check_positive_int(self.resamples, "resamples", minimum=100)
         if not 0 < self.confidence < 1:
@@ -257,6 +268,7 @@ class MeasurementSpec:
             "rollout_steps": self.rollout_steps,
             "rule": self.rule.describe(),
             "projection": None if self.projection is None else dataclasses.asdict(self.projection),
+            "max_memory": self.max_memory,
         }
 
 

@@ -50,6 +50,11 @@ from symcoherence.coherence.gradients.loop import (
     sample_gradient,
     warn_loop_fallback,
 )
+from symcoherence.coherence.gradients.memory import (
+    DEFAULT_MEMORY_FRACTION,
+    MemoryLimit,
+    resolve_memory_budget,
+)
 from symcoherence.coherence.gradients.parameters import (
     LossFn,
     ParameterFilter,
@@ -79,9 +84,10 @@ class FunctionalModel:
         model: the module; it is never modified.
         parameter_filter: ``None`` (all parameters with ``requires_grad``), a callable
             ``(name, parameter) -> bool``, or a list of parameter names.
-        budget_params: the parameter count whose ``N`` gradients set the memory budget of
-            automatic chunks (see :func:`~symcoherence.coherence.gradients.chunking.resolve_chunk_size`);
-            default: the selected ``P``.
+        held_params: the numbers per gradient that the measurement holds for its ``N`` probes
+            beside a chunk (default: the selected ``P``; fewer where gradients are projected).
+        max_memory: the memory budget of automatic chunks: bytes, or a fraction of the device's
+            free memory, resolved once here (see :mod:`~symcoherence.coherence.gradients.memory`).
         layer_hooks: try layer hooks before ``vmap`` (``False``: ``vmap`` or the loop only).
 
     Attributes:
@@ -93,6 +99,8 @@ class FunctionalModel:
         device: the device of the selected parameters.
         dtype: their real dtype (``float32`` for ``complex64`` parameters).
         engine: ``"layers"``, ``"vmap"`` or ``"loop"``: how the next chunk will be computed.
+        memory_budget: the budget of automatic chunks, in bytes.
+        largest_chunk: the most samples one batched call has taken so far.
     """
 
     def __init__(
@@ -100,8 +108,9 @@ class FunctionalModel:
         model: nn.Module,
         parameter_filter: ParameterFilter = None,
         *,
-        budget_params: int | None = None,
+        held_params: int | None = None,
         layer_hooks: bool = True,
+        max_memory: MemoryLimit = DEFAULT_MEMORY_FRACTION,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -112,9 +121,11 @@ class FunctionalModel:
         self.constants = {n: plain(p) for n, p in model.named_parameters() if n not in chosen}
         self.constants.update({n: plain(b) for n, b in model.named_buffers()})
         self.layout = ParameterLayout(self.params)
-        self.budget_params = self.layout.size if budget_params is None else budget_params
+        self.held_params = self.layout.size if held_params is None else held_params
         first = next(iter(self.params.values()))
         self.device = first.device
+        self.memory_budget = resolve_memory_budget(max_memory, self.device)
+        self.largest_chunk = 0  # the most samples one call took so far
         self.dtype = first.real.dtype if first.is_complex() else first.dtype
         self._aliases = tied_aliases(model)
         self._connected = False  # set once the first sample proved every parameter is used
@@ -194,6 +205,7 @@ class FunctionalModel:
                 first, _ = self._autograd_grad(loss_fn, inputs[0], targets[0])
             self._check_layers(loss_fn, inputs, targets, first)
             size = self._chunk_size(chunk_size, num, activation_bytes)
+        self.largest_chunk = max(self.largest_chunk, min(size, num - start))
         loop = self.engine == "loop" or (size == 1 and randomness == "error")
         if self.engine == "layers" and not loop:
             for begin in range(start, num, size):
@@ -239,7 +251,8 @@ class FunctionalModel:
             self.dtype,
             self.device,
             activation_bytes=activation_bytes,
-            budget_params=self.budget_params,
+            budget_bytes=self.memory_budget,
+            held_params=self.held_params,
             batched_backward=self.engine == "layers",
         )
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from symcoherence.coherence.gradients.chunking import ChunkSize
 from symcoherence.coherence.gradients.functional import FunctionalModel
+from symcoherence.coherence.gradients.memory import DEFAULT_MEMORY_FRACTION, MemoryLimit
 from symcoherence.coherence.gradients.parameters import (
     LossFn,
     ParameterFilter,
@@ -44,6 +45,7 @@ def per_sample_grads(
     *,
     flatten: bool = False,
     randomness: Randomness = "error",
+    max_memory: MemoryLimit = DEFAULT_MEMORY_FRACTION,
 ) -> dict[str, torch.Tensor] | torch.Tensor:
     r"""Per-sample gradients ``a_n = ∇θ loss(f_θ(x_n), y_n)``, ``n = 1..N``.
 
@@ -68,6 +70,8 @@ def per_sample_grads(
             ``model.named_parameters()`` order) instead of a dict.
         randomness: ``vmap`` randomness for modules that draw random numbers (dropout in training
             mode): ``"error"`` (refuse), ``"different"`` or ``"same"`` mask across samples.
+        max_memory: memory budget of automatic chunks, in bytes (an int) or as a fraction of the
+            device's free memory (a float in (0, 1], default 0.25).
 
     Returns:
         ``{name: (N, *param.shape)}``, or ``(N, P)`` when ``flatten``.
@@ -84,7 +88,7 @@ def per_sample_grads(
     check_pair(inputs, targets)
     check_modes(model, randomness)
     with grad_mode():
-        fmodel = FunctionalModel(model, parameter_filter)
+        fmodel = FunctionalModel(model, parameter_filter, max_memory=max_memory)
         inputs, targets = plain(inputs), plain(targets)
         if flatten:
             return fmodel.flat_grad_matrix(loss_fn, inputs, targets, chunk_size, randomness).rows

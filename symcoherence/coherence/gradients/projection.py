@@ -225,12 +225,18 @@ class ProjectedGradients:
         self._functional = FunctionalModel(
             self._wrapper,
             [*self._sources.values(), *self._unscaled_sources.values()],
-            budget_params=layout.size,
+            held_params=sum(plan.dim for plan in self.plans.values()),
+            max_memory=fmodel.memory_budget,
         )
         self.layout = ParameterLayout(
             {name: torch.empty(plan.dim, device="meta") for name, plan in self.plans.items()}
         )
         self._checked = False
+
+    @property
+    def largest_chunk(self) -> int:
+        """The most samples one batched call has taken so far."""
+        return self._functional.largest_chunk
 
     def project(self, grads: dict[str, torch.Tensor]) -> torch.Tensor:
         """Project exact gradients ``{name: (c, *shape)}`` (every selected tensor) to ``(c, d)``."""

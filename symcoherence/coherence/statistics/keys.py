@@ -42,6 +42,8 @@ HEALTH = (
     "relative_damping",
     "solver_residual",
     "solver_iterations",
+    "memory_budget",
+    "chunk_size",
     "seconds",
     "interval_steps",
     "overhead",

@@ -130,6 +130,39 @@ def test_analyze_function_defaults_to_the_diagnostic_group(quickstart_run):
     assert measurement.equivariance.shape == (8, 3)
 
 
+def test_analyze_without_a_checkpoint_reads_what_the_start_firing_logged(
+    quickstart_run, tmp_path, capsys
+):
+    _, run_dir = quickstart_run
+    logged = _scalars(run_dir)
+    assert min(e.step for e in logged.Scalars("coherence/D4/orbit")) == 0  # the start firing
+    output = tmp_path / "preflight"
+    arguments = ["analyze", "--config", str(run_dir / "config.yaml"), "--probe-size", "16"]
+    assert main([*arguments, "--output", str(output)]) == 0
+    printed = capsys.readouterr().out
+    assert "initializes (step 0, before training)" in printed
+    assert "\nreading: step 0: " in printed
+    report = json.loads((output / "analysis.json").read_text())
+    assert report["settings"]["checkpoint"] is None and report["reading"].startswith("step 0: ")
+    compared = 0
+    for key, value in report["summary"].items():
+        if key.startswith(("measurement/", "baseline/")) or key not in logged.Tags()["scalars"]:
+            continue
+        (event,) = [e for e in logged.Scalars(key) if e.step == 0]
+        assert event.value == pytest.approx(value, rel=TOL["fp32"]["rtol"], abs=1e-6), key
+        compared += 1
+    assert compared > 5 * len(D4)
+
+
+def test_analyze_refuses_a_config_that_is_not_yaml_in_one_line(tmp_path, capsys):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [unclosed\n")
+    assert main(["analyze", "--config", str(broken)]) == 2
+    assert "broken.yaml is not valid YAML (line 2)" in _one_line_error(capsys)
+    assert main(["analyze", "--config", str(tmp_path)]) == 2
+    assert "is a folder" in _one_line_error(capsys)
+
+
 def test_generate_builds_the_cache_of_a_config(tmp_path, capsys):
     args = [
         a
@@ -168,6 +201,9 @@ def _one_line_error(capsys) -> str:
         (["analyze", "x.ckpt", "--projection-seed", "3"], "give D too"),
         (["analyze", "x.ckpt", "--projection-dim", "0"], "Projection dim must be an integer >= 1"),
         (["analyze", "x.ckpt", "--metric", "gauss_newton", "--projection-dim", "64"], "Gauss"),
+        (["analyze"], "or --config CONFIG.yaml without one to measure the model"),
+        (["analyze", "--config", "missing.yaml"], "config missing.yaml does not exist"),
+        (["analyze", "--config", str(QUICKSTART), "--metric", "adam"], "not have yet"),
     ],
 )
 def test_user_mistakes_are_one_line_errors_with_the_fix(tmp_path, capsys, arguments, message):

@@ -7,7 +7,8 @@ Subcommands:
   (:mod:`symcoherence.cli.lightning`);
 * ``generate`` — generate (or find) the cached dataset of a config, with a progress bar
   (:mod:`symcoherence.cli.generate`);
-* ``analyze`` — the monitor's measurement of a checkpoint (:mod:`symcoherence.cli.analyze`).
+* ``analyze`` — the monitor's measurement of a checkpoint, or of the model a config initializes
+  (the preflight check; :mod:`symcoherence.cli.analyze`).
 
 Mistakes in the command line or the config are reported in one line, with the fix; Ctrl-C stops
 with a one-line note (a dataset being generated resumes from its last chunk next time).
@@ -42,6 +43,7 @@ commands:
   test       test a model:                          symcoherence test --config C --ckpt_path P
   generate   generate the dataset of a config:      symcoherence generate --config C
   analyze    orbit influence of a checkpoint:       symcoherence analyze CHECKPOINT [--config C]
+             ... or of the initialized model:      symcoherence analyze --config C
 
 options:
   --threads N  torch intra-op threads (default 1, or $SYMCOHERENCE_THREADS; 0 = torch's default)

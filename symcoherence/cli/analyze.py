@@ -1,17 +1,23 @@
-r"""``symcoherence analyze``: the monitor's measurement of a saved checkpoint.
+r"""``symcoherence analyze``: the monitor's measurement of a checkpoint, or of an initialized model.
 
 Rebuilds the run's model and datamodule from its config (the ``config.yaml`` that
 ``symcoherence fit`` saves beside the logs, or ``--config``), loads the checkpoint's weights, draws
-the probe set the monitor would draw (``probe_batch(n, split, seed)``: distinct trajectories) and
+the probe set the monitor would draw (``probe_batch(n, split, seed)``: distinct trajectories;
+``--probe-split train`` goes through the datamodule's augmentation, as the monitor's does) and
 measures with :func:`symcoherence.coherence.measure` — the function, model and loss discovery and
 isolation the callback uses, so the same settings give the same numbers as the training log.
+
+Without a checkpoint (``symcoherence analyze --config CONFIG.yaml``) it measures the model the
+config initializes (seeded with its ``seed_everything``): what the monitor's start firing reads
+at step 0 of that run, before training spends its budget — which symmetries learning from the
+probes does not reach.
 
 It prints a table per element — coherence ratio ``ρ(g)`` with its interval beside the element's
 random-pair baseline, specific coupling, distribution transfer and forward equivariance error —
 the orbit-level numbers, the rank correlation with its p-value, the measurement's health and a
 one-line verdict, and writes ``analysis.png`` and ``analysis.json`` (every number, per-sample
 values and the settings) into the output folder (default: ``CHECKPOINT_STEM_analysis`` beside the
-checkpoint).
+checkpoint, ``CONFIG_STEM_preflight`` in the working directory without one).
 
 Only load checkpoints you trust: like Lightning, this unpickles the checkpoint file.
 """
@@ -29,8 +35,10 @@ from typing import Any
 import torch
 import yaml
 
+from symcoherence.callbacks._augmentation import draw_probes
 from symcoherence.callbacks._isolation import isolated
-from symcoherence.callbacks._probes import declared_defaults, draw_probe, find_loss, measured_model
+from symcoherence.callbacks._probes import declared_defaults, find_loss, measured_model
+from symcoherence.callbacks._verdict import reading
 from symcoherence.cli.lightning import UsageError, explain, lightning_cli
 from symcoherence.coherence import (
     METRIC_NAMES,
@@ -55,10 +63,23 @@ def find_config(checkpoint: Path) -> Path:
     )
 
 
-def load_run(checkpoint: Path, config: Path) -> tuple[Any, Any, dict[str, Any]]:
-    """Rebuild ``(model, datamodule, checkpoint dict)`` from a run config and load the weights."""
-    with open(config) as stream:
-        run_config = yaml.safe_load(stream) or {}
+def load_run(checkpoint: Path | None, config: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """Rebuild ``(model, datamodule, checkpoint dict)`` from a run config and load the weights.
+
+    Without a ``checkpoint`` the model keeps the weights the config initializes (seeded with its
+    ``seed_everything``) and the dict is ``{"global_step": 0}``.
+    """
+    try:
+        with open(config) as stream:
+            run_config = yaml.safe_load(stream) or {}
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise ValueError(
+            f"{config} is not valid YAML{line}; fix the file or pass another"
+        ) from None
+    except IsADirectoryError:
+        raise ValueError(f"--config takes a YAML file, but {config} is a folder") from None
     if not isinstance(run_config, dict) or "model" not in run_config or "data" not in run_config:
         raise ValueError(f"{config} is not a run config: it needs 'model' and 'data' sections")
     arguments = {
@@ -68,6 +89,8 @@ def load_run(checkpoint: Path, config: Path) -> tuple[Any, Any, dict[str, Any]]:
         "trainer": {"logger": False, "enable_checkpointing": False, "callbacks": []},
     }
     cli = lightning_cli(arguments, run=False)
+    if checkpoint is None:
+        return cli.model, cli.datamodule, {"global_step": 0}
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     if not isinstance(state, dict) or "state_dict" not in state:
         raise ValueError(f"{checkpoint} is not a Lightning checkpoint (no 'state_dict')")
@@ -91,6 +114,7 @@ def analyze(
     probe_seed: int = 0,
     optimizer: torch.optim.Optimizer | None = None,
     eval_mode: bool = True,
+    probe_transform: Any = "auto",
 ) -> Measurement:
     """Measure a LightningModule on a probe set of its datamodule, exactly as the monitor does.
 
@@ -105,11 +129,22 @@ def analyze(
         probe_seed: seed of the probe draw.
         optimizer: the restored optimizer (for ``metric="adam"``).
         eval_mode: measure in eval mode, as the monitor does by default.
+        probe_transform: as the monitor's (``"auto"``: training probes go through the
+            datamodule's augmentation).
     """
     spec = spec.complete(**declared_defaults(datamodule))
     datamodule.prepare_data()
     with isolated(model, [] if optimizer is None else [optimizer], eval_mode):
-        inputs, targets, _ = draw_probe(datamodule, model, probe_size, probe_split, probe_seed)
+        inputs, targets, _ = draw_probes(
+            datamodule,
+            model,
+            probe_size,
+            probe_split,
+            probe_seed,
+            field_type=spec.field_type,
+            target_field_type=spec.output_field_type,
+            transform=probe_transform,
+        )
         return measure_model(
             measured_model(model),
             find_loss(model, None),
@@ -126,8 +161,11 @@ def _interval(value: float, low: float, high: float) -> str:
     return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
-def report(summary: Summary, title: str) -> str:
-    """The printed table: one row per element, then orbit numbers, health and the verdict."""
+def report(summary: Summary, title: str, step: int | None = None) -> str:
+    """The printed table: per element, then orbit numbers, health and the verdict.
+
+    With the measured ``step`` the verdict is also given in words (the monitor's text).
+    """
     header = (
         f"{'element':<10} {'ratio ρ [interval]':>26} {'baseline':>9} "
         f"{'coupling z [interval]':>26} {'transfer τ [interval]':>26} {'E median':>9} {'E q3':>9}"
@@ -159,6 +197,8 @@ def report(summary: Summary, title: str) -> str:
     lines.append(f"measurement: {health}")
     lines.append(f"intervals: {round(100 * summary.confidence)} % paired bootstrap over probes")
     lines.append(f"verdict: {summary.verdict()}")
+    if step is not None:
+        lines.append(f"reading: {reading(summary, step)}")
     return "\n".join(lines)
 
 
@@ -204,7 +244,12 @@ def _parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         exit_on_error=False,
     )
-    parser.add_argument("checkpoint", type=Path, help="a .ckpt written by symcoherence fit")
+    parser.add_argument(
+        "checkpoint",
+        type=Path,
+        nargs="?",
+        help="a .ckpt written by symcoherence fit (none: the config's initialized model)",
+    )
     parser.add_argument("--config", type=Path, help="run config (default: the run's config.yaml)")
     parser.add_argument("--group", help="group such as D4 (default: the data's diagnostic group)")
     parser.add_argument("--elements", nargs="+", help="element names (default: all)")
@@ -262,13 +307,24 @@ def analyze_main(argv: Sequence[str]) -> str:
         )
     except (ValueError, TypeError) as error:
         raise UsageError(str(error)) from None
-    if not args.checkpoint.is_file():
-        raise UsageError(f"checkpoint {args.checkpoint} does not exist")
+    checkpoint = args.checkpoint
+    if checkpoint is None and args.config is None:
+        raise UsageError(
+            "give a CHECKPOINT to analyse, or --config CONFIG.yaml without one to measure the "
+            "model that config initializes (the preflight check)"
+        )
+    if checkpoint is not None and not checkpoint.is_file():
+        raise UsageError(f"checkpoint {checkpoint} does not exist")
+    if checkpoint is None and args.metric == "adam":
+        raise UsageError(
+            "--metric adam reads the optimizer's second moments, which an initialized model does "
+            "not have yet; use --metric identity or gauss_newton, or give a checkpoint"
+        )
     try:
-        config = args.config or find_config(args.checkpoint)
-        if not config.is_file():
+        config = args.config or find_config(checkpoint)
+        if not config.exists():
             raise FileNotFoundError(f"config {config} does not exist")
-        model, datamodule, state = load_run(args.checkpoint, config)
+        model, datamodule, state = load_run(checkpoint, config)
         optimizer = _restored_optimizer(model, state) if args.metric == "adam" else None
         measurement = analyze(
             model,
@@ -281,26 +337,35 @@ def analyze_main(argv: Sequence[str]) -> str:
         )
     except (FileNotFoundError, ValueError, TypeError) as error:
         raise UsageError(str(error)) from None
-    output = args.output or args.checkpoint.with_name(f"{args.checkpoint.stem}_analysis")
+    if checkpoint is None:
+        output = args.output or Path(f"{config.stem}_preflight")
+        measured = f"the model {config.name} initializes (step 0, before training)"
+    else:
+        output = args.output or checkpoint.with_name(f"{checkpoint.stem}_analysis")
+        measured = f"checkpoint {checkpoint.name} (step {state.get('global_step', '?')})"
     output.mkdir(parents=True, exist_ok=True)
     summary = measurement.summary()
     title = (
         f"{summary.group}, {spec.metric_name} metric, {spec.normalization} normalization, "
-        f"N = {args.probe_size} {args.probe_split} probes (seed {args.probe_seed}), "
-        f"checkpoint {args.checkpoint.name} (step {state.get('global_step', '?')})"
+        f"N = {args.probe_size} {args.probe_split} probes (seed {args.probe_seed}), {measured}"
     )
     settings = {
         **spec.record(),
         "group": summary.group,
-        "checkpoint": str(args.checkpoint),
+        "checkpoint": None if checkpoint is None else str(checkpoint),
         "config": str(config),
         "probe_size": args.probe_size,
         "probe_split": args.probe_split,
         "probe_seed": args.probe_seed,
     }
-    (output / "analysis.json").write_text(json.dumps(to_json(measurement, settings), indent=2))
+    step = state.get("global_step")
+    document = to_json(measurement, settings)
+    if isinstance(step, int):
+        document["reading"] = reading(summary, step)
+    (output / "analysis.json").write_text(json.dumps(document, indent=2))
     _write_figure(summary, title, output / "analysis.png")
-    return f"{report(summary, title)}\n\nwrote {output / 'analysis.json'} and {output / 'analysis.png'}"
+    written = f"wrote {output / 'analysis.json'} and {output / 'analysis.png'}"
+    return f"{report(summary, title, step if isinstance(step, int) else None)}\n\n{written}"
 
 
 def _write_figure(summary: Summary, title: str, path: Path) -> None:

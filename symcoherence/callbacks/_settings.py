@@ -16,6 +16,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from symcoherence.callbacks._probes import SPLITS
@@ -142,4 +144,21 @@ def check_resumed_probe(stored: dict[str, Any] | None, current: dict[str, Any] |
     )
 
 
-__all__ = ["ConfigurationError", "check_resumed_probe", "check_run", "check_settings"]
+@contextlib.contextmanager
+def configuring() -> Iterator[None]:
+    """Report a ``ValueError``/``TypeError`` raised inside as a :class:`ConfigurationError`."""
+    try:
+        yield
+    except ConfigurationError:
+        raise
+    except (ValueError, TypeError) as error:
+        raise ConfigurationError(f"OrbitCoherenceMonitor: {error}") from error
+
+
+__all__ = [
+    "ConfigurationError",
+    "check_resumed_probe",
+    "check_run",
+    "check_settings",
+    "configuring",
+]

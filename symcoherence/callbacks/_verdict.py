@@ -117,6 +117,13 @@ def meaning(summary: Any, probes: str) -> str:
     )
 
 
+def describe_probes(identity: dict[str, Any] | None) -> str:
+    """How the probes were drawn, from their identity, e.g. ``"48 train probes (…)"``."""
+    identity = identity or {}
+    text = f"{identity.get('size', '?')} {identity.get('split', '?')} probes"
+    return f"{text} ({identity['transform']})" if identity.get("transform") else text
+
+
 def verdict_text(summary: Any, step: int, probes: str, timeline: Timeline | None = None) -> str:
     """The whole text of one firing: reading, history (if any flag), meaning (markdown)."""
     lines = [reading(summary, step)]
@@ -126,4 +133,4 @@ def verdict_text(summary: Any, step: int, probes: str, timeline: Timeline | None
     return "\n\n".join([*lines, meaning(summary, probes)])
 
 
-__all__ = ["SYMBOLS", "history", "meaning", "reading", "verdict_text"]
+__all__ = ["SYMBOLS", "describe_probes", "history", "meaning", "reading", "verdict_text"]

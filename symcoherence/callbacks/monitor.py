@@ -17,9 +17,8 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -40,13 +39,13 @@ from symcoherence.callbacks._probes import (
 )
 from symcoherence.callbacks._schedule import EarlySchedule, FiringSchedule, as_early_schedule
 from symcoherence.callbacks._settings import (
-    ConfigurationError,
     check_resumed_probe,
     check_run,
     check_settings,
+    configuring,
 )
 from symcoherence.callbacks._timeline import Timeline
-from symcoherence.callbacks._verdict import verdict_text
+from symcoherence.callbacks._verdict import describe_probes, verdict_text
 from symcoherence.coherence import (
     Adam,
     DecisionRule,
@@ -82,9 +81,8 @@ class OrbitCoherenceMonitor(Callback):
     is refused at ``setup``.
 
     Args:
-        group: a :class:`~symcoherence.groups.Group`, a name (``"D4"``), a group spec or its JSON;
-            ``None`` or ``"default"``: the datamodule's ``diagnostic_group`` (else
-            ``symmetry_group``).
+        group: a :class:`~symcoherence.groups.Group`, a name (``"D4"``), a spec or its JSON;
+            ``None``/``"default"``: the datamodule's ``diagnostic_group`` (or ``symmetry_group``).
         elements: element names to measure (default: all); the identity is always included.
         metric: ``"identity"``, ``"adam"`` (the training optimizer's second moments),
             ``"gauss_newton"`` or a :class:`~symcoherence.coherence.Metric`.
@@ -94,8 +92,8 @@ class OrbitCoherenceMonitor(Callback):
         early_schedule: dense firings early in training, outside the overhead budget: a last step
             ``T`` (steps ``0, 1, 2, 4, …, ≤ T``: about ``2 + log2 T`` firings), a list of steps or
             an :class:`~symcoherence.callbacks.EarlySchedule`; ``None`` (default): none.
-        every_n_train_steps: measure after every n-th optimizer step (``None``: never by steps).
-        every_n_epochs: measure at the end of every n-th epoch (``None``: never by epochs).
+        every_n_train_steps, every_n_epochs: measure after every n-th optimizer step / at the end
+            of every n-th epoch, under the budget (``None``: never).
         probe_size: number ``N`` of probe pairs (at least 3).
         probe_split: ``"val"`` (does learning from data like these reach ``g·x``?), ``"train"``
             (through the training augmentation: will *this* run learn ``g``?) or ``"test"``.
@@ -112,13 +110,11 @@ class OrbitCoherenceMonitor(Callback):
         on_error: ``"warn"`` (skip the firing, training goes on) or ``"raise"``.
         prefix: prepended to every logged key.
         loss_fn: per-sample loss overriding ``pl_module.loss_fn``.
-        field_type: input field type (default: the datamodule's ``field_type``).
-        target_field_type: target field type (default: the datamodule's ``target_field_type``,
-            else ``field_type``).
+        field_type, target_field_type: field types of inputs and targets (default: the
+            datamodule's; the target's defaults to the input's).
         eval_mode: measure in eval mode (default); ``False`` keeps the model's modes and refuses
             batch norm or dropout in training mode.
-        confidence: level of the bootstrap intervals.
-        resamples: bootstrap resamples.
+        confidence, resamples: level and resamples of the bootstrap intervals.
         batch_items: the ``(input, target)`` items of a dataset sample: a pair of keys or indices
             (default ``(0, 1)``) or a function ``sample -> (input, target)``.
         max_overhead: the share of training time budgeted firings may take (default 5 %): after
@@ -129,8 +125,9 @@ class OrbitCoherenceMonitor(Callback):
             ``Projection(dim=2**20, seed=0)``); identity and Adam metrics only.
 
     Raises:
-        ValueError, TypeError: for invalid arguments (at construction) and for a configuration that
-            does not match the data, the model or the strategy (at ``setup`` / ``on_train_start``).
+        ValueError, TypeError: for invalid arguments (at construction), and (as
+            :class:`ConfigurationError`) for settings that do not fit the run (at ``setup`` /
+            ``on_train_start``).
     """
 
     def __init__(
@@ -260,19 +257,9 @@ class OrbitCoherenceMonitor(Callback):
             check_resumed_probe(self._restored_identity, self._probe_identity)
 
     # ------------------------------------------------------------------ setup and checks
-    @contextlib.contextmanager
-    def _configuring(self) -> Iterator[None]:
-        """Report a mismatch between the monitor and the run as a :class:`ConfigurationError`."""
-        try:
-            yield
-        except ConfigurationError:
-            raise
-        except (ValueError, TypeError) as error:
-            raise ConfigurationError(f"OrbitCoherenceMonitor: {error}") from error
-
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Complete the measurement's group and field types from the datamodule's declarations."""
-        with self._configuring():
+        with configuring():
             self._setup(trainer, pl_module, stage)
 
     def _setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -297,7 +284,7 @@ class OrbitCoherenceMonitor(Callback):
             return
         if not self.spec.is_complete:
             self.setup(trainer, pl_module, "fit")
-        with isolated(pl_module, trainer.optimizers, self.eval_mode), self._configuring():
+        with isolated(pl_module, trainer.optimizers, self.eval_mode), configuring():
             inputs, targets, identity = draw_probes(
                 trainer.datamodule,
                 pl_module,
@@ -396,13 +383,6 @@ class OrbitCoherenceMonitor(Callback):
             return None
         return self._log(trainer, pl_module, outcome.result)
 
-    @property
-    def probes(self) -> str:
-        """How the probes are drawn, in words (e.g. ``"48 train probes (D4 augmentation …)"``)."""
-        described = (self._probe_identity or {}).get("transform")
-        text = f"{self.probe_size} {self.probe_split} probes"
-        return f"{text} ({described})" if described else text
-
     def _log(
         self, trainer: Trainer, pl_module: LightningModule, result: Measurement
     ) -> dict[str, float]:
@@ -412,15 +392,15 @@ class OrbitCoherenceMonitor(Callback):
         scalars.update(self.timeline.scalars(keys.group, self.prefix))
         writer = tensorboard.find_tensorboard_writer(trainer.loggers)
         if self._emit(trainer, pl_module, scalars) and writer is not None:
-            record = self.spec.record()
+            record, probes = self.spec.record(), describe_probes(self._probe_identity)
             self._view.firing(
                 writer,
                 result,
                 step,
                 figures=self.log_figures,
                 title=f"{record['group']}, {record['metric']} metric, {record['normalization']} "
-                f"normalization, N = {self.probes}, step {step}",
-                verdict=verdict_text(summary, step, self.probes, self.timeline),
+                f"normalization, N = {probes}, step {step}",
+                verdict=verdict_text(summary, step, probes, self.timeline),
             )
         return scalars
 

@@ -231,10 +231,15 @@ def test_resumed_run_logs_the_same_values_at_the_same_steps(tmp_path):
         assert resumed.values(key) == pytest.approx(expected, rel=1e-6)
 
 
-def test_sharded_training_is_refused_at_setup_with_the_alternatives():
-    # Lightning runs FSDP only on CUDA devices, so the refusal is tested at the hook it lives in
-    from lightning.pytorch.strategies import FSDPStrategy
+@pytest.mark.parametrize("strategy", ["FSDPStrategy", "DeepSpeedStrategy"])
+def test_fsdp1_and_deepspeed_are_refused_at_setup_naming_fsdp2(strategy):
+    # Lightning runs FSDP1 and DeepSpeed only on CUDA devices, so the refusal is tested at the
+    # hook it lives in, with a strategy object of that class
+    import lightning.pytorch.strategies as strategies
 
-    stand_in = type("T", (), {"strategy": FSDPStrategy(), "datamodule": TinyData(), "loggers": []})
-    with pytest.raises(ValueError, match=r"sharded training \(FSDPStrategy\).*strategy='ddp'"):
+    cls = getattr(strategies, strategy)
+    stand_in = type(
+        "T", (), {"strategy": cls.__new__(cls), "datamodule": TinyData(), "loggers": []}
+    )
+    with pytest.raises(ValueError, match=rf"{strategy}.*ModelParallelStrategy.*fully_shard"):
         Monitor(max_overhead=None).setup(stand_in(), TinyModule(), "fit")

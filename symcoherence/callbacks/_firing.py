@@ -32,6 +32,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from symcoherence.callbacks import _distributed as distributed
+from symcoherence.callbacks import _sharded as sharded
 from symcoherence.coherence import LossFn, Measurement, MeasurementSpec, Metric, measure
 
 
@@ -124,6 +125,9 @@ def measure_run(
 ) -> Outcome:
     """One firing of a monitor on every rank: :func:`measure_collectively` of the run's model.
 
+    A model sharded with FSDP2 is measured on its gathered plain replica (see
+    :mod:`~symcoherence.callbacks._sharded`), so the numbers are those of the unsharded model.
+
     Args:
         pl_module: the LightningModule (its ``backbone``, else itself, is measured).
         optimizers: the trainer's optimizers (the first one serves ``metric="adam"``); isolation
@@ -138,6 +142,14 @@ def measure_run(
 
     optimizer = optimizers[0] if optimizers else None
     inputs, targets = probe
+    model = measured_model(pl_module)
+    if sharded.is_sharded(model):
+        # every rank gathers the same tensors in the same order, before anything can fail
+        sharded.check_data_parallel(model)
+        replica = sharded.plain_replica(model)
+        if optimizer is not None and spec.metric == "adam":
+            optimizer = sharded.GatheredOptimizer(optimizer, model, replica)
+        model = replica.eval() if eval_mode else replica
 
     def resolve() -> Metric:
         if spec.metric == "adam" and optimizer is None:
@@ -147,7 +159,7 @@ def measure_run(
     def work(elements: list[str], metric: Metric) -> Measurement:
         with isolated(pl_module, optimizers, eval_mode):
             return measure(
-                measured_model(pl_module),
+                model,
                 find_loss(pl_module, loss_fn),
                 inputs,
                 targets,
@@ -155,5 +167,5 @@ def measure_run(
                 elements=elements,
             )
 
-    device = next(iter(pl_module.parameters())).device
+    device = next(iter(model.parameters())).device
     return measure_collectively(work, spec.measured_elements, resolve, device)

@@ -88,31 +88,34 @@ def check_settings(
         )
 
 
-_SHARDED = {"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"}
+_REFUSED = {"FSDPStrategy", "DeepSpeedStrategy"}  # flat-parameter sharding: no per-layer tensors
 
 
 def check_run(trainer: Any, spec: Any) -> None:
-    """Refuse sharded training; warn about measured elements the datamodule does not declare.
+    """Refuse FSDP1 and DeepSpeed; warn about measured elements the datamodule does not declare.
+
+    FSDP2 (``fully_shard`` through ``ModelParallelStrategy``) is measured on a gathered replica
+    (see :mod:`~symcoherence.callbacks._sharded`); DDP as it is.
 
     Args:
         trainer: the run's ``Trainer`` (its ``strategy`` and ``datamodule``).
         spec: the monitor's completed :class:`~symcoherence.coherence.MeasurementSpec`.
 
     Raises:
-        ValueError: under FSDP, DeepSpeed or model parallelism (per-sample gradients need every
-            parameter on one rank).
+        ValueError: under ``FSDPStrategy`` (FSDP1) or DeepSpeed, naming the strategy that works.
     """
     from lightning.pytorch.utilities import rank_zero_warn
 
     from symcoherence.groups import Group
 
     strategy = getattr(trainer, "strategy", None)
-    if _SHARDED & {cls.__name__ for cls in type(strategy).__mro__}:
+    if _REFUSED & {cls.__name__ for cls in type(strategy).__mro__}:
         raise ValueError(
-            f"OrbitCoherenceMonitor does not measure sharded training "
-            f"({type(strategy).__name__}): each rank holds only a shard of the parameters, and "
-            "per-sample gradients need all of them. Train with DDP (strategy='ddp') while "
-            "monitoring, or measure saved checkpoints with `symcoherence analyze`"
+            f"OrbitCoherenceMonitor does not measure {type(strategy).__name__}: it flattens the "
+            "parameters of several layers into shards, so no rank sees a layer's own tensors. "
+            "Shard with FSDP2 instead (lightning.pytorch.strategies.ModelParallelStrategy, "
+            "applying torch.distributed.fsdp.fully_shard in configure_model), or train with DDP "
+            "(strategy='ddp'); saved checkpoints can be measured with `symcoherence analyze`"
         )
     datamodule = getattr(trainer, "datamodule", None)
     declared = [

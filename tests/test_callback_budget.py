@@ -103,3 +103,25 @@ def test_a_resumed_run_continues_the_saved_schedule(tmp_path):
     assert again.state_dict()["budget"]["interval"] == 6
     steps = sorted(resumed.values("coherence/D4/orbit"))
     assert steps == [s for s in sorted(whole.values("coherence/D4/orbit")) if s > 8]
+
+
+def test_every_firing_after_the_first_is_paid_by_the_training_that_follows_it():
+    """The guarantee: with step time and firing cost steady, each budgeted firing of ``c`` seconds
+    is followed by at least ``c / (β t_step)`` steps, so over the firings after the start firing
+    and the first scheduled one, monitor time ≤ β × the training time they span (own clock)."""
+    clock, beta = FakeClock(), 0.25
+    monitor = sc.OrbitCoherenceMonitor(
+        every_n_train_steps=1, every_n_epochs=None, probe_size=4, max_overhead=beta
+    )
+    recording, fit = _fit(monitor, clock, max_epochs=10)
+    fired = sorted(recording.values("coherence/D4/orbit"))
+    assert fired[:2] == [0, 1]  # the start firing, then the first scheduled one: both taken
+    budgeted = fired[1:]
+    for before, after in zip(budgeted, budgeted[1:], strict=False):
+        assert 3.0 <= beta * (after - before) * 1.0  # 3 s paid by the 1 s steps in between
+    monitor_after_first = 3.0 * (len(budgeted) - 1)
+    training_after_first = (fit.global_step - budgeted[0]) * 1.0
+    assert monitor_after_first <= beta * training_after_first
+    # the monitor's own clock agrees: its share of the run tends to the budget from above
+    assert monitor.budget.monitor_seconds == pytest.approx(3.0 * len(fired))
+    assert beta < monitor.budget.overhead < beta + 3.0 * 2 / (fit.global_step * 1.0)

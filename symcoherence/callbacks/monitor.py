@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -56,6 +57,7 @@ from symcoherence.coherence import (
     Metric,
     Projection,
 )
+from symcoherence.coherence.gradients.memory import DEFAULT_MEMORY_FRACTION, resolve_memory_budget
 from symcoherence.groups import FieldType, Group
 
 
@@ -123,6 +125,11 @@ class OrbitCoherenceMonitor(Callback):
             budget.
         projection: measure on seeded random projections of the per-sample gradients (e.g.
             ``Projection(dim=2**20, seed=0)``); identity and Adam metrics only.
+        max_memory: the memory a firing's gradient chunks may take: bytes (an int), or a fraction
+            of what the device has free (a float, default 0.25; CPU: ``MemAvailable``, CUDA: free
+            memory less what training takes back at its peak), resolved at the first firing
+            after a training step and kept; ``chunk_size="auto"`` takes the largest chunk within
+            it (``measurement/{G}/memory_budget``, ``…/chunk_size``).
 
     Raises:
         ValueError, TypeError: for invalid arguments (at construction), and (as
@@ -161,6 +168,7 @@ class OrbitCoherenceMonitor(Callback):
         batch_items: BatchItems = (0, 1),
         max_overhead: float | None = 0.05,
         projection: Projection | None = None,
+        max_memory: int | float = DEFAULT_MEMORY_FRACTION,
     ):
         self.spec = MeasurementSpec(
             group=None if group == "default" else group,
@@ -175,6 +183,7 @@ class OrbitCoherenceMonitor(Callback):
             confidence=confidence,
             resamples=resamples,
             projection=projection,
+            max_memory=max_memory,
             rule=DecisionRule() if rule is None else rule,
         )
         check_settings(
@@ -373,8 +382,14 @@ class OrbitCoherenceMonitor(Callback):
         """
         self._last_step = trainer.global_step
         self._prepare(trainer, pl_module)
+        spec = self.spec
+        if isinstance(spec.max_memory, float):  # a fraction of what is free now, in bytes
+            budget = resolve_memory_budget(spec.max_memory, pl_module.device)
+            spec = dataclasses.replace(spec, max_memory=budget)
+            if trainer.global_step > 0:  # training has reached its own peak: keep it
+                self.spec = spec
         outcome = measure_run(
-            pl_module, trainer.optimizers, self.spec, self._probe, self.loss_fn, self.eval_mode
+            pl_module, trainer.optimizers, spec, self._probe, self.loss_fn, self.eval_mode
         )
         if outcome.result is None:
             outcome.report(

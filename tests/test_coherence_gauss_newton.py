@@ -352,7 +352,7 @@ def test_separability_and_repr():
     [
         (
             {"solver": "lu"},
-            r"unknown Gauss–Newton solver 'lu'; expected one of \['cg', 'subspace'\]",
+            r"unknown Gauss–Newton solver 'lu'; expected one of \['cg', 'subspace', 'ekfac'\]",
         ),
         ({"preconditioner": "jacobi"}, "unknown preconditioner 'jacobi'"),
         ({"batch": "all"}, r"expected one of \['probes', 'orbit'\]"),

@@ -226,6 +226,11 @@ class LayerGradients:
     def __init__(self, layers: dict[nn.Module, _Layer]):
         self._layers = layers
 
+    @property
+    def modules(self) -> dict[nn.Module, dict[str, str]]:
+        """``{module: {local name: parameter name}}`` of every covered layer, in model order."""
+        return {module: dict(layer.names) for module, layer in self._layers.items()}
+
     @classmethod
     def covering(cls, model: nn.Module, params: dict[str, torch.Tensor]) -> LayerGradients | None:
         """The hook engine for ``params`` (``{name: tensor}``) of ``model``, or ``None``.
@@ -258,6 +263,7 @@ class LayerGradients:
         inputs: torch.Tensor,
         targets: torch.Tensor,
         out: dict[str, torch.Tensor],
+        observe: Callable[[nn.Module, torch.Tensor, torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """Write the per-sample gradients of ``loss_fn(forward(x)[i], y[i])`` into ``out``.
 
@@ -268,6 +274,8 @@ class LayerGradients:
             targets: ``(n, ...)``.
             out: ``{name: (n, *shape)}`` for every selected parameter, overwritten (views into
                 one flat matrix, so that nothing is copied again).
+            observe: called as ``observe(module, x, delta)`` with what each covered layer saw and
+                got back (both batched over ``n``), once per call of the layer, before its rule.
 
         Returns:
             The per-sample losses ``(n,)``, detached.
@@ -287,6 +295,8 @@ class LayerGradients:
             seen = args[0].detach()
 
             def on_backward(delta: torch.Tensor) -> None:
+                if observe is not None:
+                    observe(module, seen, delta)
                 for local, value in layer.rule(module, seen, delta).items():
                     name = layer.names.get(local)
                     if name in written:

@@ -6,7 +6,8 @@ r"""Metrics ``M`` on parameter space, and the reduction to ``H^g[n, m] = (b_n^g)
 * :mod:`.gauss_newton` — the damped Gauss–Newton (NTK) metric ``χ = η + λI`` and its solvers:
   :mod:`.cg` (batched conjugate gradients, the reference), preconditioned by :mod:`.nystrom`
   (randomized Nyström), and :mod:`.subspace` (the Galerkin approximation), all on the products
-  of :mod:`.linearized`.
+  of :mod:`.linearized`, and :mod:`.ekfac` (the eigenvalue-corrected Kronecker-factored
+  approximation, fitted in :mod:`.kronecker` from the layer hooks; also a cg preconditioner).
 
 Example:
     >>> from symcoherence.coherence.metrics import GaussNewton, Identity
@@ -17,6 +18,7 @@ Example:
 from symcoherence.coherence.metrics.base import InfluenceProblem, Metric, Reduction
 from symcoherence.coherence.metrics.diagonal import Adam, DiagonalMetric, Identity
 from symcoherence.coherence.metrics.gauss_newton import GaussNewton
+from symcoherence.coherence.metrics.kronecker import register_curvature_blocks
 
 __all__ = [
     "Adam",
@@ -26,4 +28,5 @@ __all__ = [
     "InfluenceProblem",
     "Metric",
     "Reduction",
+    "register_curvature_blocks",
 ]

@@ -48,12 +48,21 @@ element list (so results for different element subsets do not combine).
   otherwise it is an approximation whose residual ``‖a − χ Q (QᵀχQ)⁻¹ Qᵀa‖ / ‖a‖`` is reported.
   The basis holds the bras of *every* measured element, so even the identity's row changes with
   the element list; it holds ``(K + 1)·N·P`` numbers.
+* ``"ekfac"`` (an approximation, :mod:`~symcoherence.coherence.metrics.ekfac`): ``η`` replaced by
+  its eigenvalue-corrected Kronecker-factored fit on the chosen batch (``correction=False``: plain
+  K-FAC), from pseudo-gradients of ``random_vectors`` Rademacher output vectors per sample
+  (:mod:`~symcoherence.coherence.metrics.kronecker`); ``χ̃⁻¹`` costs matrix products only, and
+  ``λ = α·tr(η̂)/P`` uses ``tr(EK-FAC) = tr(η̂)``. The fit costs ``random_vectors`` batched
+  forward + backward passes over the batch and holds their pseudo-gradients (``ekfac_fit_bytes``).
+  ``preconditioner="ekfac"`` uses the same fit to precondition the exact cg instead of Nyström.
 
 ``Reduction.info`` carries ``damping`` (``λ``), ``relative_damping`` (``α``, ``None`` for an
 absolute ``damping``), ``trace_estimate`` (``tr(η)``), ``solver_residual`` (worst true relative
 residual ``‖a − χ y‖ / ‖a‖`` over the solves), ``solver_iterations`` (most iterations of a solve)
 and ``preconditioner_rank`` (``r``; 0 without one); ``subspace`` adds ``subspace_rank`` and
-``subspace_columns``.
+``subspace_columns``; an EK-FAC fit adds ``ekfac_fit_seconds``, ``ekfac_fit_bytes``,
+``ekfac_passes``, ``ekfac_layers`` and ``ekfac_dense_blocks`` (``solver="ekfac"`` inverts its ``χ̃``
+exactly: residual 0, iterations 0).
 
 Example:
     >>> import torch
@@ -75,14 +84,15 @@ from typing import Any
 
 import torch
 
+from symcoherence.coherence.metrics import ekfac
 from symcoherence.coherence.metrics.base import InfluenceProblem, Metric, Reduction, stream_reduce
 from symcoherence.coherence.metrics.cg import batched_cg
 from symcoherence.coherence.metrics.linearized import GaussNewtonMatrix, LinearizedModel
 from symcoherence.coherence.metrics.nystrom import INITIAL_RANK, NystromSketch, trace_estimate
 from symcoherence.coherence.metrics.subspace import subspace_reduce
 
-SOLVERS = ("cg", "subspace")
-PRECONDITIONERS = ("nystrom", None)
+SOLVERS = ("cg", "subspace", "ekfac")
+PRECONDITIONERS = ("nystrom", "ekfac", None)
 BATCHES = ("probes", "orbit")
 # α of λ = α·tr(η)/P, chosen by benchmarks/study_damping.py: the largest α at which no ratio or
 # specific coupling moves by more than its 90 % bootstrap interval's width from its α = 1e-4 value.
@@ -119,9 +129,10 @@ class GaussNewton(Metric):
         damping: an absolute ``λ > 0`` instead (to reproduce a paper's convention).
         output_scale: ``s`` in ``η = s JᵀJ``; ``None`` means ``1/F``, ``1.0`` the no-``1/F``
             convention.
-        solver: ``"cg"`` (the reference, exact to ``tol``) or ``"subspace"`` (the Galerkin
-            approximation on the span of the gradients).
-        preconditioner: ``"nystrom"`` or ``None`` (plain cg), for ``"cg"``.
+        solver: ``"cg"`` (the reference, exact to ``tol``), ``"subspace"`` (the Galerkin
+            approximation on the span of the gradients) or ``"ekfac"`` (the Kronecker-factored
+            approximation).
+        preconditioner: ``"nystrom"``, ``"ekfac"`` or ``None`` (plain cg), for ``"cg"``.
         batch: ``"probes"`` (``η`` on the untransformed probes, the papers') or ``"orbit"``
             (``(1/K) Σ_g η(g·x)`` over the measured elements).
         tol: relative residual at which cg stops, per right-hand side.
@@ -131,14 +142,20 @@ class GaussNewton(Metric):
         trace_probes: Rademacher vectors of the (Nyström-deflated) Hutchinson estimate of
             ``tr(η)``.
         energy_cutoff: ``subspace`` keeps directions with ``σ_i² ≥ energy_cutoff · σ_1²``.
-        seed: seed of the trace estimate and the Nyström sketch.
+        seed: seed of the trace estimate, the Nyström sketch and the EK-FAC output vectors.
+        correction: ``"ekfac"`` refits the eigenvalues in the Kronecker eigenbasis (EK-FAC);
+            ``False`` keeps K-FAC's products of factor eigenvalues.
+        random_vectors: Rademacher output vectors per sample of the EK-FAC fit (``S``; its error
+            falls as ``1/√S``), or ``None`` for every output unit vector (exact factors, one
+            backward per output: tiny models only).
 
     Raises:
-        ValueError: for an invalid setting, or both ``damping`` and ``relative_damping``.
+        ValueError: for an invalid setting, or both ``damping`` and ``relative_damping``; at the
+            measurement, ``"ekfac"`` on a model the layer hooks do not cover (use ``"cg"``).
 
     Example:
         >>> GaussNewton()
-        GaussNewton(relative_damping=0.01, solver='cg', preconditioner='nystrom', batch='probes', tol=0.0005, max_iter=100, max_rank=256, trace_probes=8, energy_cutoff=1e-12, seed=0)
+        GaussNewton(relative_damping=0.01, solver='cg', preconditioner='nystrom', batch='probes', tol=0.0005, max_iter=100, max_rank=256, trace_probes=8, energy_cutoff=1e-12, seed=0, correction=True, random_vectors=1)
         >>> GaussNewton(damping=1e-4, output_scale=1.0, solver="subspace").element_separable
         False
     """
@@ -160,6 +177,8 @@ class GaussNewton(Metric):
         trace_probes: int = 8,
         energy_cutoff: float = 1e-12,
         seed: int = 0,
+        correction: bool = True,
+        random_vectors: int | None = 1,
     ):
         if damping is not None and relative_damping is not None:
             raise ValueError(
@@ -189,7 +208,15 @@ class GaussNewton(Metric):
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an integer, got {seed!r}")
         self.seed = seed
-        self.element_separable = solver == "cg" and batch == "probes"
+        if not isinstance(correction, bool):
+            raise ValueError(
+                f"correction must be True (EK-FAC) or False (K-FAC), got {correction!r}"
+            )
+        self.correction = correction
+        self.random_vectors = (
+            None if random_vectors is None else _positive_int(random_vectors, "random_vectors")
+        )
+        self.element_separable = solver in ("cg", "ekfac") and batch == "probes"
 
     def _settings(self) -> dict[str, Any]:
         """The constructor arguments that reproduce this metric."""
@@ -205,6 +232,7 @@ class GaussNewton(Metric):
         settings.update(
             trace_probes=self.trace_probes, energy_cutoff=self.energy_cutoff, seed=self.seed
         )
+        settings.update(correction=self.correction, random_vectors=self.random_vectors)
         return settings
 
     def __repr__(self) -> str:
@@ -229,8 +257,45 @@ class GaussNewton(Metric):
         scale = 1.0 / linear.num_outputs if self.output_scale is None else self.output_scale / count
         return GaussNewtonMatrix(linear, scale)
 
+    def _damping(self, trace: float, size: int) -> float:
+        """``λ``: the absolute ``damping``, or ``α · tr(η) / P``."""
+        if self.relative_damping is None:
+            return self.damping
+        damping = self.relative_damping * trace / size
+        if not damping > 0:
+            raise ValueError(
+                f"the Gauss–Newton matrix η has estimated trace {trace!r}: the model's "
+                "outputs do not depend on the selected parameters, so the relative damping "
+                "λ = α·tr(η)/P is 0; check parameter_filter, or pass an absolute damping=..."
+            )
+        return damping
+
+    def _fit(self, problem: InfluenceProblem) -> tuple[Any, dict[str, Any]]:
+        """The Kronecker-factored fit of ``η`` on the chosen batch."""
+        return ekfac.fit(
+            problem,
+            self.batch,
+            self.output_scale,
+            self.random_vectors,
+            self.seed,
+            self.correction,
+        )
+
     def reduce(self, problem: InfluenceProblem) -> Reduction:
         """Reduce with ``χ⁻¹`` from the chosen solver; diagnostics in ``info``."""
+        if self.solver == "ekfac":
+            curvature, fitted = self._fit(problem)
+            damping = self._damping(curvature.trace, curvature.size)
+            info = {
+                "damping": damping,
+                "relative_damping": self.relative_damping,
+                "trace_estimate": curvature.trace,
+                "solver_residual": 0.0,
+                "solver_iterations": 0,
+                "preconditioner_rank": 0,
+                **fitted,
+            }
+            return ekfac.ekfac_reduce(problem, curvature, damping, info)
         eta = self._matrix(problem)
         fmodel = problem.fmodel
         generator = torch.Generator(device=fmodel.device).manual_seed(self.seed)
@@ -239,16 +304,7 @@ class GaussNewton(Metric):
         )
         first = sketch.grow(min(INITIAL_RANK, self.max_rank))
         trace = trace_estimate(eta.quadratic, first, self.trace_probes, generator)
-        if self.relative_damping is None:
-            damping = self.damping
-        else:
-            damping = self.relative_damping * trace / eta.size
-            if not damping > 0:
-                raise ValueError(
-                    f"the Gauss–Newton matrix η has estimated trace {trace!r}: the model's "
-                    "outputs do not depend on the selected parameters, so the relative damping "
-                    "λ = α·tr(η)/P is 0; check parameter_filter, or pass an absolute damping=..."
-                )
+        damping = self._damping(trace, eta.size)
         info: dict[str, Any] = {
             "damping": damping,
             "relative_damping": self.relative_damping,
@@ -269,6 +325,10 @@ class GaussNewton(Metric):
             approx = sketch.adapt(damping, self.max_rank)
             preconditioner = approx.preconditioner(damping)
             info["preconditioner_rank"] = approx.rank
+        elif self.preconditioner == "ekfac":
+            curvature, fitted = self._fit(problem)
+            preconditioner = ekfac.preconditioner(curvature, damping)
+            info.update(fitted)
         converged = True
 
         def solve(rows: torch.Tensor) -> torch.Tensor:
@@ -281,11 +341,11 @@ class GaussNewton(Metric):
 
         reduced = stream_reduce(problem, solve, problem.need_bra_self)
         if not converged:
-            remedy = (
-                "max_rank (a stronger Nyström preconditioner)"
-                if preconditioner is not None
-                else "preconditioner='nystrom'"
-            )
+            remedy = {
+                "nystrom": "max_rank (a stronger Nyström preconditioner)",
+                "ekfac": "random_vectors (a better EK-FAC fit) or preconditioner='nystrom'",
+                None: "preconditioner='nystrom'",
+            }[self.preconditioner]
             warnings.warn(
                 f"Gauss–Newton conjugate gradients stopped at max_iter={self.max_iter} with "
                 f"relative residual {info['solver_residual']:.2e} > tol={self.tol:g}, so the "

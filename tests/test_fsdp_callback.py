@@ -60,6 +60,7 @@ SCRIPT = textwrap.dedent(
     monitors = [
         Save(max_overhead=None, every_n_train_steps=2, probe_size=6),
         sc.OrbitCoherenceMonitor(max_overhead=None, every_n_train_steps=2, probe_size=6, metric="adam", prefix="adam/"),
+        sc.OrbitCoherenceMonitor(max_overhead=None, every_n_train_steps=2, probe_size=6, projection=sc.coherence.Projection(dim=32), prefix="projected/"),
     ]
     logger = RecordingLogger()
     strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
@@ -98,7 +99,7 @@ def _logged(records, key):
     return {step: m for step, m in records if key in m}
 
 
-def _single_process(state, metric="identity", moments=None, prefix=""):
+def _single_process(state, metric="identity", moments=None, prefix="", projection=None):
     module = TinyModule()
     module.load_state_dict(state)
     model = module.backbone.eval()
@@ -109,7 +110,9 @@ def _single_process(state, metric="identity", moments=None, prefix=""):
         metric = sc.coherence.Adam(optimizer)
     inputs, targets = TinyData().probe_batch(6)
     kinds, group = sc.FieldType(["scalar"]), sc.groups.D4()
-    influence = sc.orbit_influence(model, sc.smse, inputs, targets, group, kinds, metric=metric)
+    influence = sc.orbit_influence(
+        model, sc.smse, inputs, targets, group, kinds, metric=metric, projection=projection
+    )
     errors = sc.equivariance_error(model, sc.smse, inputs, targets, group, kinds)
     return {
         k: v
@@ -142,3 +145,17 @@ def test_the_adam_metric_reads_the_gathered_second_moments(sharded_run):
     identity = _single_process(final["model"], prefix="adam/")
     key = "adam/coherence/D4/ratio/r"
     assert expected[key] != pytest.approx(identity[key], rel=1e-4)  # the moments mattered
+
+
+def test_a_projection_measures_the_sharded_model_as_it_does_one_process(sharded_run):
+    records, folder = sharded_run
+    logged = _logged(records, "projected/coherence/D4/orbit")
+    assert sorted(logged) == [0, 2, 4]
+    final = torch.load(folder / "final.pt")
+    projection = sc.coherence.Projection(dim=32)
+    expected = _single_process(final["model"], prefix="projected/", projection=projection)
+    exact = _single_process(final["model"], prefix="projected/")
+    key = "projected/coherence/D4/ratio/r"
+    assert expected[key] != pytest.approx(exact[key], rel=1e-4)  # 32 < P numbers: projected
+    for key, value in expected.items():
+        assert logged[4][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key

@@ -329,3 +329,42 @@ def ensure_cache(
         raise
     os.replace(temporary, path)
     return path
+
+
+def cache_source(
+    source: Any,
+    cache_dir: str | os.PathLike,
+    produce: Callable[[int, int], np.ndarray],
+    *,
+    chunk_size: int,
+    progress: bool,
+) -> Path:
+    """:func:`ensure_cache` for a trajectory source: its key, frame times, shape and declarations.
+
+    Args:
+        source: a source with ``cache_config()``, ``cache_prefix``, ``times``, ``shape``,
+            ``field_type`` and ``diagnostic_group``.
+        cache_dir: directory of the cache.
+        produce: ``(start, count) -> (count, T, C, H, W)`` trajectories.
+        chunk_size: trajectories per call of ``produce`` and per written chunk.
+        progress: show a progress bar.
+    """
+    return ensure_cache(
+        cache_dir,
+        source.cache_config(),
+        produce,
+        times=source.times,
+        shape=source.shape,
+        field_type=source.field_type,
+        diagnostic_group=source.diagnostic_group,
+        prefix=source.cache_prefix,
+        chunk_size=chunk_size,
+        progress=progress,
+    )
+
+
+def load_source(source: Any, cache_dir: str | os.PathLike) -> np.ndarray:
+    """A source's validated cached trajectories ``(N, T, C, H, W)``."""
+    config = source.cache_config()
+    path = cache_path(cache_dir, config, source.cache_prefix)
+    return load_trajectories(path, config, source.shape).trajectories

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from symcoherence.data.cache import CACHE_FORMAT, cache_path, ensure_cache, load_trajectories
+from symcoherence.data.cache import CACHE_FORMAT, cache_path, cache_source, load_source
 from symcoherence.data.source import TrajectorySource, check_integer
 
 
@@ -136,25 +136,15 @@ class ConvertedFileSource(TrajectorySource):
         """
         if not self.cache:
             return Path(self.path)  # type: ignore[attr-defined]
-        return ensure_cache(
-            cache_dir,
-            self.cache_config(),
-            self._read,
-            times=self.times,
-            shape=self.shape,
-            field_type=self.field_type,
-            diagnostic_group=self.diagnostic_group,
-            prefix=self.cache_prefix,
-            chunk_size=generation_batch,
-            progress=progress,
+        return cache_source(
+            self, cache_dir, self._read, chunk_size=generation_batch, progress=progress
         )
 
     def load(self, cache_dir: str | os.PathLike) -> np.ndarray:
         """The converted window ``(N, T, C, H, W)`` (call :meth:`prepare` first when caching)."""
         if not self.cache:
             return self._read(0, self._count)  # type: ignore[attr-defined]
-        path = self.cache_path(cache_dir)
-        return load_trajectories(path, self.cache_config(), self.shape).trajectories
+        return load_source(self, cache_dir)
 
     @property
     def times(self) -> np.ndarray:

@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from symcoherence.data.cache import CACHE_FORMAT, cache_key, ensure_cache, load_trajectories
+from symcoherence.data.cache import CACHE_FORMAT, cache_key, cache_source, load_source
 from symcoherence.groups import FieldType, Group, resolve_group
 
 SEED_STRIDE = 1_000_003  # trajectory i of seed s is drawn with seed s · SEED_STRIDE + i
@@ -227,23 +227,17 @@ class GeneratedSource(TrajectorySource):
                 an interruption loses; a restarted generation resumes).
             progress: show a progress bar.
         """
-        return ensure_cache(
+        return cache_source(
+            self,
             cache_dir,
-            self.cache_config(),
             lambda start, count: self.generate(start, count, device=device),
-            times=self.times,
-            shape=self.shape,
-            field_type=self.field_type,
-            diagnostic_group=self.diagnostic_group,
-            prefix=self.cache_prefix,
             chunk_size=generation_batch,
             progress=progress,
         )
 
     def load(self, cache_dir: str | os.PathLike) -> np.ndarray:
         """The validated cached trajectories (call :meth:`prepare` first)."""
-        path = self.cache_path(cache_dir)
-        return load_trajectories(path, self.cache_config(), self.shape).trajectories
+        return load_source(self, cache_dir)
 
 
 @dataclass(frozen=True, eq=False)

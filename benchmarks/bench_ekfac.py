@@ -12,8 +12,8 @@ at the default relative damping, for both batches (``"probes"``, ``"orbit"``):
 * iterations of the exact cg to a relative residual of 1e-3 under the Nyström and the EK-FAC
   preconditioner (target ≤ 40).
 
-The FNO's spectral convolution is given one dense block per retained mode
-(``register_curvature_blocks``). Usage:
+The FNO's spectral convolution has one dense block per retained mode (registered by
+``symcoherence.models.fno``). Usage:
 ``python benchmarks/bench_ekfac.py [--threads T] [--n N] [--models unet fno] [--batches probes orbit]``.
 """
 
@@ -28,10 +28,6 @@ from common import GRID, GROUP, KIND, build
 
 import symcoherence as sc
 from symcoherence.coherence import GaussNewton
-from symcoherence.coherence.metrics import register_curvature_blocks
-from symcoherence.models.fno import SpectralConv2d
-
-register_curvature_blocks(SpectralConv2d, (0, 3, 4))  # one block per (half-plane, k_y, k_x)
 
 
 def run(model, x, y, metric) -> tuple[sc.OrbitInfluence, float]:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from symcoherence.coherence.gradients.layer_hooks import register_rule
+from symcoherence.coherence.metrics.kronecker import register_curvature_blocks
 from symcoherence.models.base import Backbone, check_sizes, resolve_preset
 
 PRESETS = {
@@ -99,6 +100,9 @@ def spectral_conv_grads(
 
 
 register_rule(SpectralConv2d, spectral_conv_grads)
+# the Kronecker-factored Gauss–Newton metric: one dense curvature block per retained mode
+# (half-plane, k_y, k_x), over the (C_in, C_out, re/im) entries of its weight
+register_curvature_blocks(SpectralConv2d, (0, 3, 4))
 
 
 class FNO2d(Backbone):

@@ -4,6 +4,9 @@ r"""Figures of a measurement, shared by the TensorBoard logging and ``symcoheren
   and the element's random-pair baseline, the specific coupling and the distribution transfer with
   theirs, and the forward equivariance error ``E(g)`` (median with interval, q3 marked), on a
   2 × 2 grid that stays legible at TensorBoard's card width.
+* :func:`statistic_figure`: one statistic per element with its interval on one panel, large
+  type, titled with the settings and the verdict: what TensorBoard shows per firing, legible at
+  its default card width.
 * :func:`heatmap_figure`: the per-probe diagonal influence ``I_n(g)`` as an elements × probes
   image with labelled axes and a colour bar centred on 0.
 
@@ -64,6 +67,95 @@ def _interval_panel(
     ax.grid(alpha=0.3)
 
 
+_STATISTICS = {
+    "transfer": ("transfer", "distribution transfer τ(g)", 1.0),
+    "ratio": ("ratio", "the paper's coherence ratio ρ(g)", 1.0),
+    "coupling": ("coupling", "specific coupling z(g)", 0.0),
+    "equivariance": ("equivariance_median", "forward equivariance error E(g)", 1.0),
+}
+
+
+def statistic_figure(summary: Summary, statistic: str, title: str, verdict: str = "") -> Any:
+    """One statistic per element with its bootstrap interval, for a TensorBoard card.
+
+    ``ratio`` also marks each element's random-pair baseline (×); ``equivariance`` marks q3 and
+    uses a log axis; for the decision rule's statistic the threshold is drawn and flagged
+    elements are named in red.
+
+    Args:
+        summary: the measurement's summary.
+        statistic: ``"transfer"``, ``"ratio"``, ``"coupling"`` or ``"equivariance"``.
+        title: metric, normalization, probes and step.
+        verdict: the verdict in one line, shown under the title.
+
+    Returns:
+        A matplotlib ``Figure``, or ``None`` for ``equivariance`` when it was not measured.
+
+    Raises:
+        ValueError: for an unknown statistic.
+    """
+    if statistic not in _STATISTICS:
+        raise ValueError(f"unknown statistic {statistic!r}; expected one of {list(_STATISTICS)}")
+    field, label, reference = _STATISTICS[statistic]
+    rows = list(summary)
+    prefix = "equivariance" if statistic == "equivariance" else statistic
+    values = [getattr(r, field) for r in rows]
+    if not any(math.isfinite(v) for v in values):
+        return None
+    names = [row.element for row in rows]
+    figure = _figure(6.4, 3.8)
+    ax = figure.subplots()
+    _interval_panel(
+        ax,
+        names,
+        values,
+        [getattr(r, f"{prefix}_lo") for r in rows],
+        [getattr(r, f"{prefix}_hi") for r in rows],
+        label,
+        reference=reference,
+    )
+    ax.yaxis.label.set_size(12)
+    ax.tick_params(labelsize=12)
+    if statistic == "ratio":
+        ax.plot(
+            range(len(rows)),
+            [r.baseline for r in rows],
+            "x",
+            color="C3",
+            ms=9,
+            label="random-pair baseline",
+        )
+        ax.legend(fontsize=10)
+    if statistic == "equivariance":
+        ax.plot(
+            range(len(rows)), [r.equivariance_q3 for r in rows], "_", ms=16, color="C1", label="q3"
+        )
+        ax.legend(fontsize=10)
+        if all(v > 0 for v in values if math.isfinite(v)):
+            ax.set_yscale("log")
+    rule = summary.rule
+    if rule.statistic == statistic and rule.threshold != "baseline":
+        ax.axhline(
+            float(rule.threshold),
+            color="C3",
+            lw=1.2,
+            ls="--",
+            label=f"rule: interval below {float(rule.threshold):g}",
+        )
+        ax.legend(fontsize=10)
+    flagged = {name for name, value in summary.suppressed.items() if value}
+    for tick in ax.get_xticklabels():
+        if tick.get_text() in flagged:
+            tick.set_color("C3")
+            tick.set_fontweight("bold")
+    level = f"{round(100 * summary.confidence)} % interval"
+    heading = f"{label}, {level}\n{title}"
+    if verdict:
+        heading += f"\n{verdict}"
+    ax.set_title(heading, fontsize=10, loc="left", wrap=True)
+    return figure
+
+
 def summary_figure(summary: Summary, title: str) -> Any:
     """Per-element statistics with their intervals, on a 2 × 2 grid (see the module docstring).
 
@@ -120,7 +212,8 @@ def summary_figure(summary: Summary, title: str) -> Any:
         for label in ax.get_xticklabels():
             if label.get_text() in flagged:
                 label.set_color("C3")
-    figure.suptitle(title, fontsize=10, wrap=True)
+    verdict = summary.verdict().split("; ")[0]
+    figure.suptitle(f"{title}\n{verdict}", fontsize=11, wrap=True)
     return figure
 
 
@@ -148,4 +241,4 @@ def heatmap_figure(influence: torch.Tensor, elements: Sequence[str], title: str)
     return figure
 
 
-__all__ = ["heatmap_figure", "summary_figure"]
+__all__ = ["heatmap_figure", "statistic_figure", "summary_figure"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 
 import numpy as np
 import pytest
@@ -28,13 +29,14 @@ D4 = sc.groups.D4().elements
 
 def expected_keys(group="D4", elements=D4, prefix=""):
     """Spelled out here (not built with Keys) so that a renamed key fails the test."""
-    keys = {f"{prefix}coherence/{group}/orbit", f"{prefix}basin/{group}/compatibility"}
-    keys.add(f"{prefix}baseline/{group}/offdiag_median")
+    keys = {f"{prefix}coherence/{group}/orbit", f"{prefix}basin/{group}/suppressed"}
+    keys |= {f"{prefix}basin/{group}/compatibility{b}" for b in ("", "_lo", "_hi")}
+    keys.add(f"{prefix}coherence/{group}/ratio_baseline")
     keys |= {f"{prefix}measurement/{group}/{h}" for h in ("degenerate_rows", "seconds")}
     for e in elements:
         keys |= {f"{prefix}influence/{group}/{e}/{q}" for q in ("median", "q1", "q3")}
         keys |= {f"{prefix}equivariance/{group}/{e}/{q}" for q in ("median", "q3")}
-        keys.add(f"{prefix}baseline/{group}/{e}/offdiag_median")
+        keys.add(f"{prefix}coherence/{group}/ratio_baseline/{e}")
         for statistic in ("ratio", "coupling", "transfer"):
             keys |= {f"{prefix}coherence/{group}/{statistic}{b}/{e}" for b in ("", "_lo", "_hi")}
     return keys
@@ -80,10 +82,13 @@ def test_tensorboard_event_files_hold_scalars_images_histograms_layout_and_hpara
         assert sorted(logged) == [0, 2, 4]  # at the start, then every 2 steps
         for step, value in recording.values(key).items():
             assert logged[step] == pytest.approx(value, rel=1e-6)
-    assert {"influence/D4/figure", "influence/D4/heatmap"} <= set(tags["images"])
-    assert len(events.Images("influence/D4/heatmap")) == 3
+    figures = {f"influence/D4/figure/{s}" for s in ("transfer", "ratio", "coupling", "heatmap")}
+    assert figures | {"influence/D4/figure/equivariance"} <= set(tags["images"])
+    assert len(events.Images("influence/D4/figure/heatmap")) == 3
     assert {f"influence/D4/{e}" for e in D4} <= set(tags["histograms"])
     assert events.Histograms("influence/D4/r")[0].histogram_value.num == 6
+    # the loss at every firing after the first step, beside the verdict in the landing section
+    assert sorted(events.Scalars("basin/D4/loss/train_loss")[i].step for i in (0, 1)) == [2, 4]
 
     from tensorboard.plugins.custom_scalar import layout_pb2
     from tensorboard.plugins.hparams import plugin_data_pb2
@@ -91,14 +96,34 @@ def test_tensorboard_event_files_hold_scalars_images_histograms_layout_and_hpara
     configs = events.Tensors("custom_scalars__config__")
     assert len(configs) == 1  # written once
     layout = layout_pb2.Layout.FromString(configs[0].tensor_proto.string_val[0])
-    (category,) = layout.category
-    assert category.title == "coherence/D4"
-    ratio_chart = next(c for c in category.chart if c.title == "ratio ρ(g) per element")
-    assert list(ratio_chart.multiline.tag) == ["^elements/D4/ratio$"]
-    # ... one run per element, each logging that tag: a line of its own colour and name
+    landing, others = layout.category
+    assert landing.title == "basin/D4: loss and verdict"
+    assert [c.title.split(" ")[0] for c in landing.chart] == [
+        "loss", "distribution", "flagged", "basin", "step"
+    ]  # fmt: skip
+    loss_chart, transfer_chart = landing.chart[:2]
+    assert loss_chart.multiline.tag == ["^(?!(.*/)?basin/).*loss[^/]*$"]
+    assert re.search(loss_chart.multiline.tag[0], "train/loss")
+    assert not re.search(loss_chart.multiline.tag[0], "basin/D4/loss/train_loss")
+    (series,) = transfer_chart.margin.series
+    assert (series.value, series.lower, series.upper) == (
+        "basin/D4/transfer", "elements/D4/transfer_lo", "elements/D4/transfer_hi"
+    )  # fmt: skip
+    compatibility = landing.chart[3].margin.series[0]
+    for tag in (compatibility.value, compatibility.lower, compatibility.upper):
+        assert tag in tags["scalars"]  # the margin charts reference tags that exist
+    assert others.title == "coherence/D4: the other statistics"
+    ratio_chart = next(c for c in others.chart if "ratio" in c.title)
+    assert ratio_chart.title.startswith("the paper's coherence ratio")
+    # ... one run per element, each logging those tags: a line of its own colour and name
     for element in D4:
         runs = EventAccumulator(str(tmp_path / "tb" / "version_0" / f"D4_{element}"))
         runs.Reload()
+        run_tags = set(runs.Tags()["scalars"])
+        for margin in (series, ratio_chart.margin.series[0]):
+            assert {margin.value, margin.lower, margin.upper} <= run_tags
+        transfer = {e.step: e.value for e in runs.Scalars("basin/D4/transfer")}
+        assert transfer == pytest.approx(recording.values(f"coherence/D4/transfer/{element}"))
         ratio = {e.step: e.value for e in runs.Scalars("elements/D4/ratio")}
         assert ratio == pytest.approx(recording.values(f"coherence/D4/ratio/{element}"))
 
@@ -112,8 +137,10 @@ def test_tensorboard_event_files_hold_scalars_images_histograms_layout_and_hpara
         for value in event.summary.value
         if value.tag == "_hparams_/experiment"
     ]
-    metric_tags = [m.name.tag for m in sessions[0].experiment.metric_infos]
-    assert metric_tags == ["basin/D4/compatibility", "coherence/D4/orbit"]
+    metrics = {m.name.tag: m.display_name for m in sessions[0].experiment.metric_infos}
+    assert list(metrics) == ["basin/D4/compatibility", "basin/D4/suppressed", "coherence/D4/orbit"]
+    assert "transfer" in metrics["basin/D4/compatibility"]
+    assert "the paper's" in metrics["coherence/D4/orbit"]
 
 
 def test_any_logger_gets_the_scalars_and_callback_metrics_are_set():

@@ -29,14 +29,15 @@ def test_summary_has_exactly_the_logged_keys_and_known_values():
     # N = 3 probes: medians, quartiles, ratios and baselines exist; the specific coupling needs a
     # spread of two off-diagonal values, which the constant off-diagonals here do not have, and
     # the transfer needs bra norms, which a hand-built result does not record.
-    stats = ("median", "q1", "q3", "median_lo", "median_hi")
+    # no bra norms: the transfer, hence basin compatibility (min τ), is undefined and left out
+    stats = ("median", "q1", "q3")
     expected_keys = {f"val/influence/G/{g}/{s}" for g in "eabc" for s in stats}
     expected_keys |= {f"val/coherence/G/ratio{b}/{g}" for g in "eabc" for b in ("", "_lo", "_hi")}
-    expected_keys |= {f"val/baseline/G/{g}/offdiag_median" for g in "eabc"}
+    expected_keys |= {f"val/coherence/G/ratio_baseline/{g}" for g in "eabc"}
     expected_keys |= {
         "val/coherence/G/orbit",
-        "val/basin/G/compatibility",
-        "val/baseline/G/offdiag_median",
+        "val/basin/G/suppressed",
+        "val/coherence/G/ratio_baseline",
         "val/measurement/G/degenerate_rows",
         "val/measurement/G/zero_gradients",
     }
@@ -49,9 +50,9 @@ def test_summary_has_exactly_the_logged_keys_and_known_values():
     assert summary["val/coherence/G/ratio/b"] == 1.5
     assert summary["val/coherence/G/ratio/c"] == 0.25
     assert summary["val/coherence/G/orbit"] == pytest.approx((0.5 + 1.5 + 0.25) / 3)
-    assert summary["val/basin/G/compatibility"] == 0.25
-    assert summary["val/baseline/G/offdiag_median"] == pytest.approx(0.2 / 2.0)
-    assert summary["val/baseline/G/a/offdiag_median"] == pytest.approx(0.2 / 2.0)
+    assert summary["val/basin/G/suppressed"] == 0.0
+    assert summary["val/coherence/G/ratio_baseline"] == pytest.approx(0.2 / 2.0)
+    assert summary["val/coherence/G/ratio_baseline/a"] == pytest.approx(0.2 / 2.0)
     assert summary["val/coherence/G/ratio_lo/e"] == summary["val/coherence/G/ratio_hi/e"] == 1.0
     assert summary["val/measurement/G/degenerate_rows"] == 0.0
     assert all(isinstance(v, float) for v in summary.values())
@@ -64,15 +65,17 @@ def test_equivariance_keys_and_rank_correlation():
     assert summary["equivariance/G/a/q3"] == 5.5
     # ρ = (0.5, 1.5, 0.25) and |log E| at q3 = (log 5.5, log 1.05, log 9.5) over g ≠ e: exactly
     # reversed ranks; 2 of the 3! = 6 orderings reach |r| = 1, so the permutation p-value is 1/3
-    assert summary["basin/G/influence_error_rank_corr"] == pytest.approx(-1.0)
-    assert summary["basin/G/influence_error_rank_corr_pvalue"] == pytest.approx(1 / 3)
+    assert summary["equivariance/G/influence_error_rank_corr"] == pytest.approx(-1.0)
+    assert summary["equivariance/G/influence_error_rank_corr_pvalue"] == pytest.approx(1 / 3)
     tied = hand_built().summary(equivariance=torch.ones(4, 3))
-    assert "basin/G/influence_error_rank_corr" not in tied  # constant errors: undefined, omitted
+    assert (
+        "equivariance/G/influence_error_rank_corr" not in tied
+    )  # constant errors: undefined, omitted
     round_off = torch.ones(4, 3) + torch.tensor([0.0, 3e-12, -2e-12, 1e-12])[:, None]
     noisy = hand_built().summary(equivariance=round_off)
-    assert "basin/G/influence_error_rank_corr" not in noisy  # round-off differences are ties
+    assert "equivariance/G/influence_error_rank_corr" not in noisy  # round-off differences are ties
     two = hand_built().reorder(["e", "a", "b"]).summary(equivariance=errors[:3])
-    assert "basin/G/influence_error_rank_corr" not in two  # fewer than 3 elements g ≠ e
+    assert "equivariance/G/influence_error_rank_corr" not in two  # fewer than 3 elements g ≠ e
     assert "equivariance/G/b/median" in two
     with pytest.raises(ValueError, match="same elements"):
         hand_built().summary(equivariance=errors[:2])

@@ -201,6 +201,20 @@ def test_the_decision_rule_flags_an_element_whose_whole_interval_is_below_the_th
     assert "suppressed: r" in summary.verdict()
     by_ratio = result.summarize(rule=DecisionRule("ratio", "baseline")).suppressed
     assert set(by_ratio) == {"r", "s"}
+    # basin compatibility is the minimum of the rule's statistic over g ≠ e, with its interval
+    assert summary.compatibility == summary.element("r").transfer
+    assert summary.compatibility_lo <= summary.compatibility <= summary.compatibility_hi
+    assert summary.compatibility_hi < 0.5  # the flagged element's whole interval is below 0.5
+    assert scalars["basin/G/compatibility"] == summary.compatibility
+    assert scalars["basin/G/compatibility_hi"] == summary.compatibility_hi
+    assert scalars["basin/G/suppressed"] == 1.0  # one flagged element
+    assert summary.orbit == pytest.approx(
+        (summary.element("r").ratio + summary.element("s").ratio) / 2
+    )
+    by_coupling = result.summarize(rule=DecisionRule("coupling", 0.0))
+    couplings = [by_coupling.element(g).coupling for g in ("r", "s")]
+    assert by_coupling.compatibility == min(couplings)
+    assert by_coupling.compatibility != summary.compatibility
     with pytest.raises(ValueError, match="statistic='ratio'"):
         DecisionRule("coupling", "baseline")
     with pytest.raises(ValueError, match="unknown statistic"):

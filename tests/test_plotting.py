@@ -6,7 +6,7 @@ import torch
 
 from symcoherence.coherence import OrbitInfluence
 from symcoherence.models.panel import render_panel
-from symcoherence.plotting import heatmap_figure, summary_figure
+from symcoherence.plotting import heatmap_figure, statistic_figure, summary_figure
 
 
 def _result():
@@ -19,16 +19,37 @@ def test_summary_figure_labels_every_panel_and_draws_the_intervals():
     errors = torch.tensor([[1.0] * 6, [2.0, 3.0, 2.5, 4.0, 2.0, 3.0], [1.1] * 6])
     figure = summary_figure(_result().summarize(errors), "G, identity metric, N = 6")
     axes = figure.axes
-    assert [ax.get_ylabel() for ax in axes] == [
+    assert [ax.get_ylabel() for ax in axes] == [  # the paper's ρ first, as on the plain figure
         "coherence ratio ρ(g)",
         "specific coupling z(g)",
         "distribution transfer τ(g)",
         "equivariance error E(g)",
     ]
-    assert figure._suptitle.get_text() == "G, identity metric, N = 6"
+    title = figure._suptitle.get_text().splitlines()
+    assert title[0] == "G, identity metric, N = 6"
+    assert title[1].startswith("G: no element suppressed")  # the verdict
     assert [t.get_text() for t in axes[2].get_xticklabels()] == ["e", "r", "s"]
     bars = [c for c in axes[0].containers if type(c).__name__ == "ErrorbarContainer"]
     assert bars and bars[0].has_yerr
+
+
+def test_one_statistic_per_figure_titled_with_settings_and_verdict_in_large_type():
+    errors = torch.tensor([[1.0] * 6, [2.0, 3.0, 2.5, 4.0, 2.0, 3.0], [1.1] * 6])
+    summary = _result().summarize(errors)
+    figure = statistic_figure(summary, "ratio", "G, identity metric, N = 6, step 4", "no flag")
+    (ax,) = figure.axes
+    assert ax.get_ylabel() == "the paper's coherence ratio ρ(g)"
+    title = ax.get_title(loc="left").splitlines()
+    assert title == ["the paper's coherence ratio ρ(g), 90 % interval",
+                     "G, identity metric, N = 6, step 4", "no flag"]  # fmt: skip
+    assert ax.yaxis.label.get_size() >= 12 and ax.get_xticklabels()[0].get_size() >= 12
+    width, height = figure.get_size_inches() * figure.dpi
+    assert width <= 720 and height <= 430  # drawn near TensorBoard's card size, not shrunk
+    bars = [c for c in ax.containers if type(c).__name__ == "ErrorbarContainer"]
+    assert bars and bars[0].has_yerr
+    error = statistic_figure(summary, "equivariance", "t")
+    assert error.axes[0].get_yscale() == "log"
+    assert statistic_figure(_result().summarize(), "equivariance", "t") is None  # not measured
 
 
 def test_heatmap_has_element_rows_probe_columns_and_a_centred_colour_bar():

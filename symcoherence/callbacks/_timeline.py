@@ -12,9 +12,9 @@ flagged, undefined}`` at step ``s``. The timeline keeps, over the firings seen s
 It is a small pure object (no Lightning), so a script can feed it the readings of its own
 measurements; the monitor keeps it in its checkpointed state, so a resumed run continues it.
 
-Logged keys, for each element once the rule has flagged it:
-``{prefix}coherence/{G}/first_flagged/{g}`` (the step), ``…/flag_held/{g}`` (1 or 0) and, while
-the flag stands, ``…/flagged_since/{g}`` (the step).
+Logged keys (built by :class:`~symcoherence.coherence.Keys`), for each element once the rule has
+flagged it: ``{prefix}coherence/{G}/first_flagged/{g}`` (the step), ``…/flag_held/{g}`` (1 or 0)
+and, while the flag stands, ``…/flagged_since/{g}`` (the step).
 
 Example:
     >>> timeline = Timeline()
@@ -32,14 +32,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-FIELDS = ("first_flagged", "flag_held", "flagged_since")
-
-
-def timeline_key(group: str, field: str, element: str, prefix: str = "") -> str:
-    """``{prefix}coherence/{group}/{field}/{element}`` for a field of :data:`FIELDS`."""
-    if field not in FIELDS:
-        raise ValueError(f"unknown timeline field {field!r}; expected one of {list(FIELDS)}")
-    return f"{prefix}coherence/{group}/{field}/{element}"
+from symcoherence.coherence.statistics.keys import TIMELINE as FIELDS
+from symcoherence.coherence.statistics.keys import Keys
 
 
 class Timeline:
@@ -72,12 +66,12 @@ class Timeline:
 
     def scalars(self, group: str, prefix: str = "") -> dict[str, float]:
         """The timeline under its logged keys (elements the rule never flagged are absent)."""
-        out: dict[str, float] = {}
+        keys, out = Keys(group, prefix), {}
         for element, step in self.first_flagged.items():
-            out[timeline_key(group, "first_flagged", element, prefix)] = float(step)
-            out[timeline_key(group, "flag_held", element, prefix)] = float(self.held[element])
+            out[keys.first_flagged(element)] = float(step)
+            out[keys.flag_held(element)] = float(self.held[element])
         for element, step in self.flagged_since.items():
-            out[timeline_key(group, "flagged_since", element, prefix)] = float(step)
+            out[keys.flagged_since(element)] = float(step)
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -98,4 +92,4 @@ class Timeline:
         self.last_step = None if last is None else int(last)
 
 
-__all__ = ["FIELDS", "Timeline", "timeline_key"]
+__all__ = ["FIELDS", "Timeline"]

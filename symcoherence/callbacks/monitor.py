@@ -46,7 +46,7 @@ from symcoherence.callbacks._settings import (
     configuring,
 )
 from symcoherence.callbacks._timeline import Timeline
-from symcoherence.callbacks._verdict import describe_probes, verdict_text
+from symcoherence.callbacks._verdict import describe_probes, reading, verdict_text
 from symcoherence.coherence import (
     Adam,
     DecisionRule,
@@ -71,9 +71,11 @@ class OrbitCoherenceMonitor(Callback):
     else from the ``probe_split`` dataset of the dataloaders. Each firing measures with
     :func:`symcoherence.coherence.measure` and :attr:`spec`, as ``symcoherence analyze`` does.
 
-    Scalars (:class:`~symcoherence.coherence.Keys`, e.g. ``coherence/D4/transfer/r`` with ``…_lo``
-    and ``…_hi``, ``coherence/D4/suppressed/r``) go to every logger at ``trainer.global_step`` and
-    to ``trainer.callback_metrics``. The verdict's :attr:`timeline` (checkpointed) adds, for each
+    Scalars (:class:`~symcoherence.coherence.Keys`, e.g. ``basin/D4/compatibility``, the minimum
+    of the rule's statistic, ``basin/D4/suppressed``, the number of flagged elements,
+    ``coherence/D4/transfer/r`` with ``…_lo`` and ``…_hi``, ``coherence/D4/suppressed/r``, and the
+    run's losses at the firing under ``basin/D4/loss/…``) go to every logger at
+    ``trainer.global_step`` and to ``trainer.callback_metrics``. The verdict's :attr:`timeline` (checkpointed) adds, for each
     element the decision rule has flagged, ``coherence/{G}/first_flagged/{g}`` (the step of the
     first flag), ``…/flag_held/{g}`` (1 while every firing since flagged it again) and, while the
     flag stands, ``…/flagged_since/{g}``. A TensorBoard logger also gets the verdict in words
@@ -365,9 +367,16 @@ class OrbitCoherenceMonitor(Callback):
 
     @staticmethod
     def _emit(trainer: Trainer, pl_module: LightningModule, scalars: dict[str, float]) -> bool:
-        """Scalars to ``callback_metrics`` on every rank and to the loggers on rank 0 (returned)."""
-        for key, value in scalars.items():
-            pl_module.log(key, value, logger=False, sync_dist=False, batch_size=1)
+        """Scalars to ``callback_metrics`` on every rank and to the loggers on rank 0 (returned).
+
+        ``pl_module.log`` costs about a millisecond per key (its checks and result collection,
+        for values that need no reduction); the loggers get the dict in one call and
+        ``trainer.callback_metrics`` (what ``ModelCheckpoint`` and ``EarlyStopping`` read) the
+        same values as tensors in one update, as ``pl_module.log`` would leave them there.
+        """
+        callback_metrics = trainer.callback_metrics
+        values = torch.tensor(list(scalars.values()), dtype=torch.float32)
+        callback_metrics.update(zip(scalars, values.unbind(), strict=True))
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(scalars, step=trainer.global_step)
@@ -405,6 +414,7 @@ class OrbitCoherenceMonitor(Callback):
         self.timeline.update(step, summary.suppressed)
         scalars = result.scalars(self.prefix)
         scalars.update(self.timeline.scalars(keys.group, self.prefix))
+        scalars.update(tensorboard.losses(trainer.callback_metrics, keys))
         writer = tensorboard.find_tensorboard_writer(trainer.loggers)
         if self._emit(trainer, pl_module, scalars) and writer is not None:
             record, probes = self.spec.record(), describe_probes(self._probe_identity)
@@ -415,6 +425,7 @@ class OrbitCoherenceMonitor(Callback):
                 figures=self.log_figures,
                 title=f"{record['group']}, {record['metric']} metric, {record['normalization']} "
                 f"normalization, N = {probes}, step {step}",
+                reading=reading(summary, step),
                 verdict=verdict_text(summary, step, probes, self.timeline),
             )
         return scalars

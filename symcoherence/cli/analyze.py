@@ -17,7 +17,10 @@ random-pair baseline, specific coupling, distribution transfer and forward equiv
 the orbit-level numbers, the rank correlation with its p-value, the measurement's health and a
 one-line verdict, and writes ``analysis.png`` and ``analysis.json`` (every number, per-sample
 values and the settings) into the output folder (default: ``CHECKPOINT_STEM_analysis`` beside the
-checkpoint, ``CONFIG_STEM_preflight`` in the working directory without one).
+checkpoint, ``CONFIG_STEM_preflight`` in the working directory without one). ``--report
+report.html`` also writes a shareable report (:mod:`symcoherence.cli.report`: self-contained
+HTML, or ``--format markdown|json``) with the verdict, the table with intervals, the settings, the
+command that reproduces it and, with ``--run LOG_FOLDER``, the statistics over training steps.
 
 Only load checkpoints you trust: like Lightning, this unpickles the checkpoint file.
 """
@@ -40,6 +43,7 @@ from symcoherence.callbacks._isolation import isolated
 from symcoherence.callbacks._probes import declared_defaults, find_loss, measured_model
 from symcoherence.callbacks._verdict import reading
 from symcoherence.cli.lightning import UsageError, explain, lightning_cli
+from symcoherence.cli.report import FORMATS, command_line, history, write_report
 from symcoherence.coherence import (
     METRIC_NAMES,
     NORMALIZATIONS,
@@ -182,9 +186,13 @@ def report(summary: Summary, title: str, step: int | None = None) -> str:
         )
     lines.append(rule)
     lines.append(
-        f"ratios: orbit coherence {summary.orbit:.3f}, basin compatibility "
-        f"{summary.compatibility:.3f}, random-pair baseline over all elements "
-        f"{summary.baseline:.3f}"
+        f"basin compatibility (min over g ≠ e of {summary.rule.statistic}): "
+        f"{_interval(summary.compatibility, summary.compatibility_lo, summary.compatibility_hi)}"
+        f", {summary.suppressed_count} flagged"
+    )
+    lines.append(
+        f"the paper's ratios: orbit coherence {summary.orbit:.3f}, random-pair baseline over "
+        f"all elements {summary.baseline:.3f}"
     )
     if summary.rank_corr is None:
         lines.append("rank correlation of ρ with |log E| (q3): undefined (constant or too few)")
@@ -274,6 +282,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--projection-seed", type=int, default=0, help="seed of the projection")
     parser.add_argument("--output", type=Path, help="output folder (default: beside checkpoint)")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE",
+        help="also write a shareable report (self-contained HTML; .md or .json by suffix)",
+    )
+    parser.add_argument("--format", choices=FORMATS, help="report format (default: by suffix)")
+    parser.add_argument(
+        "--run",
+        type=Path,
+        metavar="LOG_FOLDER",
+        help="a run's TensorBoard folder: the report adds the statistics over training steps",
+    )
     return parser
 
 
@@ -291,6 +312,8 @@ def analyze_main(argv: Sequence[str]) -> str:
         raise UsageError(str(error)) from None
     if unknown:
         raise UsageError(explain(f"unrecognized arguments: {' '.join(unknown)}", parser))
+    if (args.format or args.run) and args.report is None:
+        raise UsageError("--format and --run shape the report; give --report FILE too")
     if args.projection_seed and args.projection_dim is None:
         raise UsageError("--projection-seed sets the seed of --projection-dim D; give D too")
     try:
@@ -365,6 +388,27 @@ def analyze_main(argv: Sequence[str]) -> str:
     (output / "analysis.json").write_text(json.dumps(document, indent=2))
     _write_figure(summary, title, output / "analysis.png")
     written = f"wrote {output / 'analysis.json'} and {output / 'analysis.png'}"
+    if args.report is not None:
+        try:
+            series = (
+                None
+                if args.run is None
+                else history(args.run, summary.group, summary.rule.statistic)
+            )
+        except FileNotFoundError as error:
+            raise UsageError(str(error)) from None
+        write_report(
+            args.report,
+            summary,
+            title=title,
+            step=step if isinstance(step, int) else None,
+            settings=settings,
+            command=command_line(argv),
+            probes=f"{args.probe_size} {args.probe_split} probes",
+            series=series,
+            report_format=args.format,
+        )
+        written += f" and the report {args.report}"
     return f"{report(summary, title, step if isinstance(step, int) else None)}\n\n{written}"
 
 

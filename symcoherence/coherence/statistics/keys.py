@@ -1,33 +1,46 @@
 """The names of every logged scalar, built in one place.
 
-TensorBoard groups scalars on the first path segment, so each family is its own section:
+TensorBoard groups scalars on the first path segment and sorts the groups (its *Time Series* tab
+opens the first two and collapses the rest), so the families are named for the order a user reads
+them in. ``basin/`` sorts first and holds the landing view: the loss at each measurement, the
+decision rule's statistic per element (from the per-element runs) and the verdict. ``coherence/``
+follows with every statistic per element and its interval; the controls, quantiles, forward
+errors and the measurement's health come after and start collapsed.
 
 ==================================================  ==========================================
 key                                                 value
 ==================================================  ==========================================
-``{p}influence/{G}/{g}/{median|q1|q3}``             quantiles over probes of ``I_n(g)``
-``{p}influence/{G}/{g}/{median_lo|median_hi}``      bootstrap interval of the median
+``{p}basin/{G}/compatibility``                      ``min_{g≠e}`` of the decision rule's
+                                                    statistic (default ``τ``), with
+                                                    ``compatibility_lo`` / ``_hi``
+``{p}basin/{G}/suppressed``                         number of elements the rule flags
+``{p}basin/{G}/loss/{name}``                        the run's loss ``{name}`` at the firing
+``{p}basin/{G}/{statistic}``                        the rule's statistic, one series per element
+                                                    in its own run (TensorBoard colours them)
 ``{p}coherence/{G}/ratio/{g}``                      ``ρ(g)`` (+ ``ratio_lo/{g}``, ``ratio_hi/{g}``)
+``{p}coherence/{G}/ratio_baseline/{g}``             ``ρ`` statistic on unrelated pairs of ``g``
+``{p}coherence/{G}/ratio_baseline``                 the same over all elements
 ``{p}coherence/{G}/coupling/{g}``                   median specific coupling (+ ``_lo``, ``_hi``)
 ``{p}coherence/{G}/transfer/{g}``                   distribution transfer ``τ(g)`` (+ ``_lo``, ``_hi``)
-``{p}coherence/{G}/suppressed/{g}``                1 when the decision rule flags ``g``
-``{p}coherence/{G}/orbit``                          ``mean_{g≠e} ρ(g)``
-``{p}basin/{G}/compatibility``                      ``min_{g≠e} ρ(g)``
-``{p}baseline/{G}/{g}/offdiag_median``              ``ρ`` statistic on unrelated pairs of ``g``
-``{p}baseline/{G}/offdiag_median``                  the same over all elements
-``{p}equivariance/{G}/{g}/{median|q3}``             forward error ``E_n(g)`` (+ ``median_lo|hi``)
+``{p}coherence/{G}/suppressed/{g}``                 1 when the decision rule flags ``g``
+``{p}coherence/{G}/first_flagged/{g}``              the verdict's timeline (+ ``flag_held``,
+                                                    ``flagged_since``)
+``{p}coherence/{G}/orbit``                          the paper's orbit coherence ``mean_{g≠e} ρ(g)``
+``{p}equivariance/{G}/{g}/{median|q3}``             forward error ``E_n(g)``
 ``{p}equivariance/{G}/rollout{T}/{g}/{median|q3}``  rollout equivariance error
-``{p}basin/{G}/influence_error_rank_corr``          Spearman of ``ρ`` vs ``|log E|`` (q3)
-``{p}basin/{G}/influence_error_rank_corr_pvalue``   its permutation p-value
+``{p}equivariance/{G}/influence_error_rank_corr``    Spearman of ``ρ`` vs ``|log E|`` (q3)
+                                                    (+ ``_pvalue``)
+``{p}influence/{G}/{g}/{median|q1|q3}``             quantiles over probes of ``I_n(g)``
 ``{p}measurement/{G}/{name}``                       health: ``degenerate_rows``, ``damping``, …
-``{p}elements/{G}/{statistic}``                     one series per element, each element in a
-                                                    run of its own (TensorBoard colours them)
+``{p}elements/{G}/{statistic}``                     per-element runs: the other statistics and
+                                                    the interval bounds the margin charts draw
+``{p}verdict/{G}``                                  text: the verdict in words (*Text* tab)
 ==================================================  ==========================================
 
 Example:
     >>> keys = Keys("D4", prefix="val/")
-    >>> keys.ratio("r"), keys.ratio("r", "lo")
-    ('val/coherence/D4/ratio/r', 'val/coherence/D4/ratio_lo/r')
+    >>> keys.ratio("r"), keys.ratio("r", "lo"), keys.compatibility()
+    ('val/coherence/D4/ratio/r', 'val/coherence/D4/ratio_lo/r', 'val/basin/D4/compatibility')
 """
 
 from __future__ import annotations
@@ -35,6 +48,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 BOUNDS = ("", "lo", "hi")
+TIMELINE = ("first_flagged", "flag_held", "flagged_since")
 HEALTH = (
     "degenerate_rows",
     "zero_gradients",
@@ -96,18 +110,56 @@ class Keys:
         return self._key("coherence", "suppressed", element)
 
     def orbit(self) -> str:
-        """``coherence/{G}/orbit``."""
+        """``coherence/{G}/orbit``: the paper's orbit coherence ``mean_{g≠e} ρ(g)``."""
         return self._key("coherence", "orbit")
 
-    def compatibility(self) -> str:
-        """``basin/{G}/compatibility``."""
-        return self._key("basin", "compatibility")
+    def compatibility(self, bound: str = "") -> str:
+        """``basin/{G}/compatibility[_lo|_hi]``: ``min_{g≠e}`` of the rule's statistic."""
+        return self._key("basin", self._bounded("compatibility", bound))
+
+    def suppressed_count(self) -> str:
+        """``basin/{G}/suppressed``: how many elements the decision rule flags."""
+        return self._key("basin", "suppressed")
+
+    def loss(self, name: str) -> str:
+        """``basin/{G}/loss/{name}``: the run's logged loss ``name`` (``/`` as ``_``) at a firing."""
+        return self._key("basin", "loss", name.replace("/", "_"))
+
+    def headline(self, statistic: str) -> str:
+        """``basin/{G}/{statistic}``: the tag every per-element run logs the rule's statistic under."""
+        return self._key("basin", statistic)
 
     def baseline(self, element: str | None = None) -> str:
-        """``baseline/{G}/{g}/offdiag_median`` (``element=None``: over all elements)."""
+        """``coherence/{G}/ratio_baseline/{g}`` (``element=None``: over all elements)."""
         if element is None:
-            return self._key("baseline", "offdiag_median")
-        return self._key("baseline", element, "offdiag_median")
+            return self._key("coherence", "ratio_baseline")
+        return self._key("coherence", "ratio_baseline", element)
+
+    def first_flagged(self, element: str) -> str:
+        """``coherence/{G}/first_flagged/{g}``: the step the rule first flagged ``g``."""
+        return self._key("coherence", "first_flagged", element)
+
+    def flag_held(self, element: str) -> str:
+        """``coherence/{G}/flag_held/{g}``: 1 while every firing since the first flag flagged ``g``."""
+        return self._key("coherence", "flag_held", element)
+
+    def flagged_since(self, element: str) -> str:
+        """``coherence/{G}/flagged_since/{g}``: the first step of the current flag of ``g``."""
+        return self._key("coherence", "flagged_since", element)
+
+    def timeline(self, field: str, element: str) -> str:
+        """The timeline key ``field`` (one of :data:`TIMELINE`) of ``element``."""
+        if field not in TIMELINE:
+            raise ValueError(f"unknown timeline field {field!r}; expected one of {list(TIMELINE)}")
+        return getattr(self, field)(element)
+
+    def verdict_text(self) -> str:
+        """``verdict/{G}``: the text tag of the verdict in words (TensorBoard's *Text* tab)."""
+        return self._key("verdict")
+
+    def figure(self, name: str) -> str:
+        """``influence/{G}/figure/{name}``: a firing's figure of one statistic (or ``heatmap``)."""
+        return self._key("influence", "figure", name)
 
     def equivariance(self, element: str, stat: str) -> str:
         """``equivariance/{G}/{g}/{stat}``, stat in median, q3, median_lo, median_hi."""
@@ -118,11 +170,15 @@ class Keys:
         return self._key("equivariance", f"rollout{steps}", element, stat)
 
     def rank_corr(self, pvalue: bool = False) -> str:
-        """``basin/{G}/influence_error_rank_corr`` (``_pvalue`` with ``pvalue``)."""
-        return self._key("basin", "influence_error_rank_corr" + ("_pvalue" if pvalue else ""))
+        """``equivariance/{G}/influence_error_rank_corr`` (``_pvalue`` with ``pvalue``)."""
+        name = "influence_error_rank_corr" + ("_pvalue" if pvalue else "")
+        return self._key("equivariance", name)
 
     def per_element(self, statistic: str) -> str:
-        """``elements/{G}/{statistic}``: the tag an element's own run logs ``statistic`` under."""
+        """``elements/{G}/{statistic}``: the tag an element's own run logs ``statistic`` under.
+
+        The decision rule's statistic itself is logged under :meth:`headline` instead.
+        """
         return self._key("elements", statistic)
 
     def measurement(self, name: str) -> str:
@@ -132,4 +188,4 @@ class Keys:
         return self._key("measurement", name)
 
 
-__all__ = ["BOUNDS", "HEALTH", "Keys"]
+__all__ = ["BOUNDS", "HEALTH", "TIMELINE", "Keys"]

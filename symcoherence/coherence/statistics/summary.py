@@ -18,8 +18,11 @@ identity, per element ``g``:
 Each element ``g ≠ e`` is also flagged **suppressed** or not by a
 :class:`~symcoherence.coherence.statistics.decision.DecisionRule` on one statistic's interval.
 
-Across elements: **orbit coherence** ``mean_{g≠e} ρ(g)``, **basin compatibility**
-``min_{g≠e} ρ(g)`` (both ``1`` when the identity is the only element) and the rank correlation
+Across elements: the paper's **orbit coherence** ``mean_{g≠e} ρ(g)``; **basin compatibility**
+``min_{g≠e} s(g)`` of the decision rule's statistic ``s`` (the distribution transfer ``τ`` by
+default; not ``ρ``, which separated failing elements from healthy ones in no controlled test)
+with the paired bootstrap interval of that minimum and the number of elements the rule flags
+(both ``1`` when the identity is the only element); and the rank correlation
 of ``ρ(g)`` with ``|log E(g)|`` at q3 over ``g ≠ e`` with its permutation p-value (omitted when
 undefined; over the 7 non-identity elements of D4, ``|r| > 0.79`` is needed for ``p < 0.05``).
 
@@ -32,8 +35,10 @@ Example:
     >>> h = torch.eye(3).repeat(2, 1, 1) * torch.tensor([2.0, 1.0])[:, None, None] + 1.0
     >>> result = OrbitInfluence(h, torch.ones(2, 3), torch.ones(3), ("e", "r"), "C2", "none")
     >>> summary = result.summarize()
-    >>> summary.element("r").ratio, summary.compatibility
+    >>> summary.element("r").ratio, summary.orbit
     (0.6666666666666666, 0.6666666666666666)
+    >>> summary.rule.statistic, summary.suppressed_count  # compatibility is min τ(g), g ≠ e
+    ('transfer', 0)
 """
 
 from __future__ import annotations
@@ -95,8 +100,8 @@ class Summary:
         group: the group's short name.
         identity: the identity element's name.
         elements: one :class:`ElementSummary` per element, identity first when measured.
-        orbit: orbit coherence ``mean_{g≠e} ρ(g)``.
-        compatibility: basin compatibility ``min_{g≠e} ρ(g)``.
+        orbit: the paper's orbit coherence ``mean_{g≠e} ρ(g)``.
+        compatibility: basin compatibility ``min_{g≠e} s(g)`` of the rule's statistic ``s``.
         baseline: the random-pair statistic over all elements.
         rank_corr: Spearman of ``ρ`` vs ``|log E|`` (q3), or ``None``.
         rank_corr_pvalue: its permutation p-value, or ``None``.
@@ -104,6 +109,9 @@ class Summary:
         health: measurement health: degenerate rows, zero gradients, solver damping and residual,
             seconds.
         confidence: level of the intervals.
+        rule: the decision rule (its statistic defines ``compatibility``).
+        compatibility_lo: lower bound of the bootstrap interval of ``compatibility``.
+        compatibility_hi: its upper bound.
     """
 
     group: str
@@ -118,6 +126,13 @@ class Summary:
     health: Mapping[str, float] = field(default_factory=dict)
     confidence: float = 0.9
     rule: DecisionRule = field(default_factory=DecisionRule)
+    compatibility_lo: float = NAN
+    compatibility_hi: float = NAN
+
+    @property
+    def suppressed_count(self) -> int:
+        """How many elements :attr:`rule` flags."""
+        return sum(1 for flagged in self.suppressed.values() if flagged)
 
     @property
     def suppressed(self) -> dict[str, bool | None]:
@@ -139,7 +154,11 @@ class Summary:
         return iter(self.elements)
 
     def scalars(self, prefix: str = "") -> dict[str, float]:
-        """The finite statistics under their logged key names (:mod:`.keys`)."""
+        """The finite statistics under their logged key names (:mod:`.keys`).
+
+        The intervals of the influence and equivariance medians are left to the structured
+        summary (figures, reports); every statistic of the verdict keeps its interval.
+        """
         keys = Keys(self.group, prefix)
         out: dict[str, float | None] = {}
         for row in self.elements:
@@ -148,8 +167,6 @@ class Summary:
                 ("median", row.influence_median),
                 ("q1", row.influence_q1),
                 ("q3", row.influence_q3),
-                ("median_lo", row.influence_lo),
-                ("median_hi", row.influence_hi),
             ):
                 out[keys.influence(g, stat)] = value
             for bound, suffix in (("", ""), ("lo", "_lo"), ("hi", "_hi")):
@@ -157,12 +174,7 @@ class Summary:
                 out[keys.coupling(g, bound)] = getattr(row, f"coupling{suffix}")
                 out[keys.transfer(g, bound)] = getattr(row, f"transfer{suffix}")
             out[keys.baseline(g)] = row.baseline
-            for stat, value in (
-                ("median", row.equivariance_median),
-                ("q3", row.equivariance_q3),
-                ("median_lo", row.equivariance_lo),
-                ("median_hi", row.equivariance_hi),
-            ):
+            for stat, value in (("median", row.equivariance_median), ("q3", row.equivariance_q3)):
                 out[keys.equivariance(g, stat)] = value
             if self.rollout_steps:
                 out[keys.rollout(self.rollout_steps, g, "median")] = row.rollout_median
@@ -171,6 +183,9 @@ class Summary:
             out[keys.suppressed(element)] = None if flagged is None else float(flagged)
         out[keys.orbit()] = self.orbit
         out[keys.compatibility()] = self.compatibility
+        out[keys.compatibility("lo")] = self.compatibility_lo
+        out[keys.compatibility("hi")] = self.compatibility_hi
+        out[keys.suppressed_count()] = float(self.suppressed_count)
         out[keys.baseline()] = self.baseline
         out[keys.rank_corr()] = self.rank_corr
         out[keys.rank_corr(pvalue=True)] = self.rank_corr_pvalue
@@ -192,7 +207,9 @@ class Summary:
         relation = "above" if worst.ratio_lo > worst.baseline else "not above"
         found = f"suppressed: {', '.join(flagged)}" if flagged else "no element suppressed"
         return (
-            f"{self.group}: {found} ({self.rule.describe()}); lowest ratio "
+            f"{self.group}: {found} ({self.rule.describe()}); basin compatibility "
+            f"{self.compatibility:.3g} [{self.compatibility_lo:.3g}, {self.compatibility_hi:.3g}]; "
+            f"the paper's lowest ratio "
             f"ρ({worst.element}) = {worst.ratio:.3g} [{worst.ratio_lo:.3g}, {worst.ratio_hi:.3g}] "
             f"is {relation} its random-pair baseline {worst.baseline:.3g}"
         )
@@ -211,6 +228,37 @@ def _medians_with_interval(
     point = medians if identity is None else medians / medians[identity]
     lower, upper = bootstrap_interval(statistic, values.shape[-1], **interval)
     return point, lower, upper
+
+
+def _compatibility(
+    values: dict[str, torch.Tensor],
+    statistic: str,
+    identity: int,
+    others: list[int],
+    interval: dict,
+) -> tuple[float, float, float]:
+    """``min_{g≠e}`` of the rule's statistic with the paired bootstrap interval of the minimum.
+
+    ``ratio`` and ``transfer`` are medians over probes divided by the identity's; ``coupling`` is
+    a median on its own scale. With the identity alone it is ``1`` (nothing to be incompatible).
+    """
+    if not others:
+        return 1.0, 1.0, 1.0
+    per_probe = values[statistic].to(torch.float64)
+    divide = statistic != "coupling"
+
+    def minimum(indices: torch.Tensor | None) -> torch.Tensor:
+        medians = (
+            quantiles(per_probe, [0.5])[0]
+            if indices is None
+            else resampled_medians(per_probe, indices)
+        )
+        if divide:
+            medians = medians / medians[identity]
+        return medians[others].min(0).values
+
+    lower, upper = bootstrap_interval(minimum, per_probe.shape[-1], **interval)
+    return float(minimum(None)), float(lower), float(upper)
 
 
 def summarize(
@@ -303,20 +351,30 @@ def summarize(
         ElementSummary(element, **{name: float(values[k]) for name, values in rows.items()})
         for k, element in enumerate(elements)
     )
+    rule = rule or DecisionRule()
     rest = ratio[others] if others else ratio[[identity_index]]
+    compatibility = _compatibility(
+        {"ratio": influence, "coupling": coupling.cpu(), "transfer": transfer.cpu()},
+        rule.statistic,
+        identity_index,
+        others,
+        interval,
+    )
     return Summary(
         group=group_name,
         identity=elements[identity_index],
         elements=summaries,
         orbit=float(rest.mean()),
-        compatibility=float(rest.min()),
+        compatibility=compatibility[0],
+        compatibility_lo=compatibility[1],
+        compatibility_hi=compatibility[2],
         baseline=overall,
         rank_corr=None if rank_corr is None else rank_corr[0],
         rank_corr_pvalue=None if rank_corr is None else rank_corr[1],
         rollout_steps=rollout_steps if rollout is not None else 0,
         health=dict(health or {}),
         confidence=confidence,
-        rule=rule or DecisionRule(),
+        rule=rule,
     )
 
 

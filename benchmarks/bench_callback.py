@@ -6,6 +6,9 @@ Prints:
   * wall time with the monitor present but never firing / without it (target <= 1.01);
   * one identity-metric firing ÷ one batched forward+backward over the same K·N transformed probe
     samples (target <= 1.3);
+  * the time a firing spends logging its scalars (about 130 keys for D4), before (``pl_module.log``
+    per key into ``callback_metrics``, then the loggers) and after (the loggers in one call and
+    ``callback_metrics`` in one update), beside ``log_dict`` of the headline keys only;
   * the time of one firing in units of one training step, for the metrics given with ``--metrics``
     (default: identity, adam and the subspace approximation; the Gauss–Newton reference,
     ``gauss_newton``, costs far more at N = 48 on a CPU: see ``bench_gauss_newton.py``).
@@ -100,8 +103,63 @@ SETTINGS = {
     "without": list,
     "default": lambda: [sc.OrbitCoherenceMonitor()],
     "no budget": lambda: [sc.OrbitCoherenceMonitor(max_overhead=None)],
-    "idle": lambda: [sc.OrbitCoherenceMonitor(every_n_epochs=None, every_n_train_steps=10**9)],
+    "idle": lambda: [
+        sc.OrbitCoherenceMonitor(at_start=False, every_n_epochs=None, every_n_train_steps=10**9)
+    ],
 }
+
+
+def _before(trainer_, pl_module, scalars) -> None:
+    """The logging of a firing before: ``pl_module.log`` per key, then every logger."""
+    for key, value in scalars.items():
+        pl_module.log(key, value, logger=False, sync_dist=False, batch_size=1)
+    for logger in trainer_.loggers:
+        logger.log_metrics(scalars, step=trainer_.global_step)
+
+
+def _headline_log_dict(trainer_, pl_module, scalars) -> None:
+    """The alternative: ``log_dict`` of the headline keys only, every key to the loggers."""
+    headline = {k: v for k, v in scalars.items() if k.startswith("basin/")}
+    pl_module.log_dict(headline, logger=False, sync_dist=False, batch_size=1)
+    for logger in trainer_.loggers:
+        logger.log_metrics(scalars, step=trainer_.global_step)
+
+
+class _LoggingTimer(sc.OrbitCoherenceMonitor):
+    """Fires once after step 2, then times each way of logging its scalars (repeated)."""
+
+    def __init__(self):
+        super().__init__(at_start=False, every_n_epochs=None, every_n_train_steps=2, probe_size=16)
+        self.timings: dict[str, float] = {}
+
+    def _log(self, trainer_, pl_module, result):
+        scalars = super()._log(trainer_, pl_module, result)
+        ways = {
+            "before: pl_module.log per key": _before,
+            "log_dict of the headline keys": _headline_log_dict,
+            "after: loggers + one callback_metrics update": lambda t, m, s: self._emit(t, m, s),
+        }
+        for name, way in ways.items():
+            times = []
+            for _ in range(5):
+                start = time.perf_counter()
+                way(trainer_, pl_module, scalars)
+                times.append(time.perf_counter() - start)
+            self.timings[name] = min(times)
+        self.timings["keys"] = len(scalars)
+        return scalars
+
+
+def logging_time(folder: str) -> dict[str, float]:
+    """Seconds one firing spends logging its scalars, per way, into a TensorBoard logger."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    timer = _LoggingTimer()
+    logger = TensorBoardLogger(folder, name="bench", default_hp_metric=False)
+    trainer([timer], logger=logger, max_epochs=1, limit_val_batches=0, limit_train_batches=3).fit(
+        module(), datamodule=data()
+    )
+    return timer.timings
 
 
 def timed_run_child(setting: str) -> None:
@@ -129,11 +187,23 @@ def main() -> None:
         "--metrics", nargs="+", default=["identity", "adam", "subspace"], choices=list(METRICS)
     )
     parser.add_argument("--child", choices=list(SETTINGS), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--logging-only", action="store_true", help="only time the logging of one firing"
+    )
     args = parser.parse_args()
     if args.child:
         timed_run_child(args.child)
         return
     metrics = args.metrics
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        timings = logging_time(folder)
+    print(f"logging one firing's {timings.pop('keys'):.0f} scalars (TensorBoard logger):")
+    for name, seconds in timings.items():
+        print(f"  {name:<46} {1e3 * seconds:7.1f} ms")
+    if args.logging_only:
+        return
     steps = EPOCHS * STEPS_PER_EPOCH
     names = list(SETTINGS)
     times: dict[str, list[float]] = {name: [] for name in names}

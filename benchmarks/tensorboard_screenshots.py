@@ -2,9 +2,10 @@
 
 Trains a quickstart-sized run (16² decaying turbulence, the small U-Net, the monitor over D4 with
 the identity metric) into a temporary log folder — or uses ``--logdir`` — starts TensorBoard on
-it, opens the Time Series/Scalars, Custom Scalars, Images and HParams dashboards in headless
+it, opens the Time Series, Custom Scalars, Images, HParams and Text dashboards in headless
 Chromium (Debian's ``chromium`` and ``chromium-driver`` packages, driven by Selenium; no browser is
-downloaded) and saves one PNG per dashboard into ``--output``.
+downloaded) and saves one PNG per dashboard into ``--output``; then writes
+``symcoherence analyze --report`` of the run's last checkpoint and screenshots that page too.
 
     python benchmarks/tensorboard_screenshots.py --output docs/screenshots
 """
@@ -27,7 +28,19 @@ DASHBOARDS = {
     "custom_scalars": "#custom_scalars",
     "images": "#images",
     "hparams": "#hparams",
+    "text": "#text",
 }
+FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1600,1100",
+)
 
 
 def train(logdir: Path) -> None:
@@ -69,7 +82,9 @@ def wait_for(url: str, seconds: float = 60.0) -> None:
     raise TimeoutError(f"TensorBoard did not answer at {url} within {seconds} s")
 
 
-def screenshots(logdir: Path, output: Path, settle: float = 6.0) -> list[Path]:
+def screenshots(
+    logdir: Path, output: Path, settle: float = 8.0, report: Path | None = None
+) -> list[Path]:
     """Serve ``logdir`` with TensorBoard and save one screenshot per dashboard into ``output``."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -83,7 +98,8 @@ def screenshots(logdir: Path, output: Path, settle: float = 6.0) -> list[Path]:
     )
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1600,1100"):
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    for flag in (*FLAGS, f"--user-data-dir={profile}"):
         options.add_argument(flag)
     driver = None
     saved = []
@@ -98,12 +114,32 @@ def screenshots(logdir: Path, output: Path, settle: float = 6.0) -> list[Path]:
             path = output / f"tensorboard_{name}.png"
             driver.save_screenshot(str(path))
             saved.append(path)
+        if report is not None:
+            driver.get(report.resolve().as_uri())
+            time.sleep(1.0)
+            height = driver.execute_script("return document.body.scrollHeight")
+            driver.set_window_size(1600, min(int(height) + 100, 6000))
+            path = output / "report.png"
+            driver.save_screenshot(str(path))
+            saved.append(path)
     finally:
         if driver is not None:
             driver.quit()
         server.terminate()
         server.wait(timeout=30)
+        shutil.rmtree(profile, ignore_errors=True)
     return saved
+
+
+def write_report(logdir: Path, output: Path) -> Path:
+    """``symcoherence analyze --report`` of the run's last checkpoint, with its history."""
+    run = logdir / "quickstart" / "version_0"
+    checkpoint = sorted(run.glob("checkpoints/*.ckpt"))[-1]
+    path = output / "report.html"
+    command = [sys.executable, "-m", "symcoherence.cli", "analyze", str(checkpoint)]
+    command += ["--output", str(logdir / "analysis"), "--report", str(path), "--run", str(run)]
+    subprocess.run(command, check=True, cwd=ROOT)
+    return path
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
@@ -115,7 +151,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
         return screenshots(args.logdir, args.output)
     with tempfile.TemporaryDirectory() as folder:
         train(Path(folder))
-        paths = screenshots(Path(folder), args.output)
+        args.output.mkdir(parents=True, exist_ok=True)
+        report = write_report(Path(folder), args.output)
+        paths = screenshots(Path(folder), args.output, report=report)
     for path in paths:
         print(path)
     return paths

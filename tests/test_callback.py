@@ -30,7 +30,8 @@ D4 = sc.groups.D4().elements
 def expected_keys(group="D4", elements=D4, prefix=""):
     """Spelled out here (not built with Keys) so that a renamed key fails the test."""
     keys = {f"{prefix}coherence/{group}/orbit", f"{prefix}basin/{group}/suppressed"}
-    keys |= {f"{prefix}basin/{group}/compatibility{b}" for b in ("", "_lo", "_hi")}
+    keys.add(f"{prefix}basin/{group}/compatibility")
+    keys |= {f"{prefix}coherence/{group}/compatibility{b}" for b in ("_lo", "_hi")}
     keys.add(f"{prefix}coherence/{group}/ratio_baseline")
     keys |= {f"{prefix}measurement/{group}/{h}" for h in ("degenerate_rows", "seconds")}
     for e in elements:

@@ -206,7 +206,7 @@ def test_the_decision_rule_flags_an_element_whose_whole_interval_is_below_the_th
     assert summary.compatibility_lo <= summary.compatibility <= summary.compatibility_hi
     assert summary.compatibility_hi < 0.5  # the flagged element's whole interval is below 0.5
     assert scalars["basin/G/compatibility"] == summary.compatibility
-    assert scalars["basin/G/compatibility_hi"] == summary.compatibility_hi
+    assert scalars["coherence/G/compatibility_hi"] == summary.compatibility_hi
     assert scalars["basin/G/suppressed"] == 1.0  # one flagged element
     assert summary.orbit == pytest.approx(
         (summary.element("r").ratio + summary.element("s").ratio) / 2

@@ -27,7 +27,9 @@ def test_callback_example_runs_and_logs_coherence(tmp_path, monkeypatch, capsys)
     ]
     orbit = float(metrics["coherence/D4/orbit"])
     assert orbit == pytest.approx(sum(ratios) / len(ratios))  # mean of ρ(g) over g ≠ e
-    assert float(metrics["basin/D4/compatibility"]) == pytest.approx(min(ratios))
+    transfers = [float(metrics[f"coherence/D4/transfer/{g}"]) for g in ("r", "r2", "r3", "s")]
+    transfers += [float(metrics[f"coherence/D4/transfer/{g}"]) for g in ("sr", "sr2", "sr3")]
+    assert float(metrics["basin/D4/compatibility"]) == pytest.approx(min(transfers))  # min τ(g)
     assert list((tmp_path / "runs" / "my_run").glob("version_0/events.out.tfevents.*"))
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("tensor(")
 

@@ -26,6 +26,6 @@ def test_every_dashboard_renders_a_screenshot(tmp_path):
     spec.loader.exec_module(module)
     paths = module.main(["--output", str(tmp_path)])
     assert sorted(p.name for p in paths) == sorted(
-        f"tensorboard_{name}.png" for name in module.DASHBOARDS
+        [f"tensorboard_{name}.png" for name in module.DASHBOARDS] + ["report.png"]
     )
     assert all(p.stat().st_size > 20_000 for p in paths)  # a drawn page, not a blank one

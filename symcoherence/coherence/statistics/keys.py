@@ -11,8 +11,8 @@ errors and the measurement's health come after and start collapsed.
 key                                                 value
 ==================================================  ==========================================
 ``{p}basin/{G}/compatibility``                      ``min_{g≠e}`` of the decision rule's
-                                                    statistic (default ``τ``), with
-                                                    ``compatibility_lo`` / ``_hi``
+                                                    statistic (default ``τ``); its interval is
+                                                    ``coherence/{G}/compatibility_lo|_hi``
 ``{p}basin/{G}/suppressed``                         number of elements the rule flags
 ``{p}basin/{G}/loss/{name}``                        the run's loss ``{name}`` at the firing
 ``{p}basin/{G}/{statistic}``                        the rule's statistic, one series per element
@@ -114,8 +114,14 @@ class Keys:
         return self._key("coherence", "orbit")
 
     def compatibility(self, bound: str = "") -> str:
-        """``basin/{G}/compatibility[_lo|_hi]``: ``min_{g≠e}`` of the rule's statistic."""
-        return self._key("basin", self._bounded("compatibility", bound))
+        """``basin/{G}/compatibility``: ``min_{g≠e}`` of the rule's statistic.
+
+        Its bounds are ``coherence/{G}/compatibility_lo|_hi``, out of the landing section, so
+        that its first cards are the loss and the verdict (the margin chart draws them).
+        """
+        if bound:
+            return self._key("coherence", self._bounded("compatibility", bound))
+        return self._key("basin", "compatibility")
 
     def suppressed_count(self) -> str:
         """``basin/{G}/suppressed``: how many elements the decision rule flags."""

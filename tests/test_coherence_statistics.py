@@ -105,7 +105,8 @@ def test_every_reported_number_is_invariant_to_rescaling_outputs_and_targets():
         def forward(self, inputs):
             return self.factor * self.inner(inputs)
 
-    spec = MeasurementSpec(group=D4, field_type=PSEUDO, resamples=200)
+    # a budget in bytes: a fraction of the free memory would move with the machine between calls
+    spec = MeasurementSpec(group=D4, field_type=PSEUDO, resamples=200, max_memory=2**30)
     base = measure(model, sc.smse, x, y, spec).scalars()
     scaled = measure(Scaled(model, 40.0), sc.smse, x, 40.0 * y, spec).scalars()
     timing = {key for key in base if key.endswith("/seconds")}

@@ -75,7 +75,9 @@ _STATISTICS = {
 }
 
 
-def statistic_figure(summary: Summary, statistic: str, title: str, verdict: str = "") -> Any:
+def statistic_figure(
+    summary: Summary, statistic: str, title: str, verdict: str | None = None
+) -> Any:
     """One statistic per element with its bootstrap interval, for a TensorBoard card.
 
     ``ratio`` also marks each element's random-pair baseline (×); ``equivariance`` marks q3 and
@@ -85,8 +87,9 @@ def statistic_figure(summary: Summary, statistic: str, title: str, verdict: str 
     Args:
         summary: the measurement's summary.
         statistic: ``"transfer"``, ``"ratio"``, ``"coupling"`` or ``"equivariance"``.
-        title: metric, normalization, probes and step.
-        verdict: the verdict in one line, shown under the title.
+        title: metric, normalization, probes and step, in one short line.
+        verdict: the verdict in one short line under the title (default: the elements the
+            decision rule flags).
 
     Returns:
         A matplotlib ``Figure``, or ``None`` for ``equivariance`` when it was not measured.
@@ -103,7 +106,8 @@ def statistic_figure(summary: Summary, statistic: str, title: str, verdict: str 
     if not any(math.isfinite(v) for v in values):
         return None
     names = [row.element for row in rows]
-    figure = _figure(6.4, 3.8)
+    # a TensorBoard card shows about 300 px of it: few inches and large type keep it legible
+    figure = _figure(5.0, 3.6)
     ax = figure.subplots()
     _interval_panel(
         ax,
@@ -114,8 +118,9 @@ def statistic_figure(summary: Summary, statistic: str, title: str, verdict: str 
         label,
         reference=reference,
     )
-    ax.yaxis.label.set_size(12)
-    ax.tick_params(labelsize=12)
+    ax.yaxis.label.set_size(13)
+    ax.set_ylabel(label.split(" ")[-1])  # the symbol; the title names the statistic
+    ax.tick_params(labelsize=13)
     if statistic == "ratio":
         ax.plot(
             range(len(rows)),
@@ -149,10 +154,9 @@ def statistic_figure(summary: Summary, statistic: str, title: str, verdict: str 
             tick.set_color("C3")
             tick.set_fontweight("bold")
     level = f"{round(100 * summary.confidence)} % interval"
-    heading = f"{label}, {level}\n{title}"
-    if verdict:
-        heading += f"\n{verdict}"
-    ax.set_title(heading, fontsize=10, loc="left", wrap=True)
+    if verdict is None:
+        verdict = f"flagged: {', '.join(sorted(flagged))}" if flagged else "no element flagged"
+    ax.set_title(f"{label}, {level}\n{title}\n{verdict}", fontsize=12, loc="left")
     return figure
 
 
@@ -227,17 +231,18 @@ def heatmap_figure(influence: torch.Tensor, elements: Sequence[str], title: str)
     values = influence.detach().double().cpu()
     finite = values[torch.isfinite(values)]
     scale = float(finite.abs().max()) if finite.numel() else 1.0
-    figure = _figure(max(4.0, 0.12 * values.shape[1] + 2.0), 0.35 * len(elements) + 1.4)
+    figure = _figure(max(5.0, 0.12 * values.shape[1] + 2.0), 0.35 * len(elements) + 1.8)
     ax = figure.subplots()
     cmap = colormaps["RdBu_r"].with_extremes(bad="0.7")
     image = ax.imshow(
         values.numpy(), cmap=cmap, vmin=-scale, vmax=scale, aspect="auto", interpolation="nearest"
     )
     ax.set_yticks(range(len(elements)), list(elements))
-    ax.set_xlabel("probe n")
-    ax.set_ylabel("element g")
+    ax.tick_params(labelsize=12)
+    ax.set_xlabel("probe n", fontsize=12)
+    ax.set_ylabel("element g", fontsize=12)
     figure.colorbar(image, ax=ax, label="influence $I_n(g)$")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=12, loc="left")
     return figure
 
 

@@ -38,13 +38,19 @@ def test_one_statistic_per_figure_titled_with_settings_and_verdict_in_large_type
     summary = _result().summarize(errors)
     figure = statistic_figure(summary, "ratio", "G, identity metric, N = 6, step 4", "no flag")
     (ax,) = figure.axes
-    assert ax.get_ylabel() == "the paper's coherence ratio ρ(g)"
+    assert ax.get_ylabel() == "ρ(g)"  # the symbol; the title names the statistic
     title = ax.get_title(loc="left").splitlines()
     assert title == ["the paper's coherence ratio ρ(g), 90 % interval",
                      "G, identity metric, N = 6, step 4", "no flag"]  # fmt: skip
     assert ax.yaxis.label.get_size() >= 12 and ax.get_xticklabels()[0].get_size() >= 12
     width, height = figure.get_size_inches() * figure.dpi
-    assert width <= 720 and height <= 430  # drawn near TensorBoard's card size, not shrunk
+    # a TensorBoard card shows about 300 px: drawn near that size, its 12-pt type stays legible
+    assert width <= 560 and height <= 400
+    flags = statistic_figure(summary, "ratio", "t").axes[0].get_title(loc="left")
+    flagged = sorted(name for name, value in summary.suppressed.items() if value)
+    assert flags.splitlines()[-1] == (
+        f"flagged: {', '.join(flagged)}" if flagged else "no element flagged"
+    )
     bars = [c for c in ax.containers if type(c).__name__ == "ErrorbarContainer"]
     assert bars and bars[0].has_yerr
     error = statistic_figure(summary, "equivariance", "t")

@@ -73,7 +73,6 @@ def log_firing(
     step: int,
     figures: bool,
     title: str,
-    verdict: str = "",
 ) -> None:
     """Write the histograms and (when ``figures``) a figure per statistic and the heatmap."""
     from symcoherence.plotting import heatmap_figure, statistic_figure
@@ -88,12 +87,12 @@ def log_firing(
         return
     summary = measurement.summary()
     for statistic in ("transfer", "ratio", "coupling", "equivariance"):
-        figure = statistic_figure(summary, statistic, title, verdict)
+        figure = statistic_figure(summary, statistic, title)
         if figure is not None:
             writer.add_figure(keys.figure(statistic), figure, step, close=True)
     writer.add_figure(
         keys.figure("heatmap"),
-        heatmap_figure(influence, measurement.elements, f"I_n(g) per probe — {title}"),
+        heatmap_figure(influence, measurement.elements, f"influence I_n(g) per probe\n{title}"),
         step,
         close=True,
     )
@@ -333,7 +332,6 @@ class TensorBoardView:
         figures: bool,
         title: str,
         verdict: str,
-        reading: str = "",
     ) -> None:
         """Layout (once), per-element runs, histograms, figures and the verdict of one firing."""
         summary = measurement.summary()
@@ -341,7 +339,7 @@ class TensorBoardView:
             write_layout(writer, self.keys, summary.rule, summary.confidence)
             self.element_runs = ElementRuns(writer.log_dir, self.keys)
         self.element_runs.write(summary, step)
-        log_firing(writer, self.keys, measurement, step, figures, title, reading)
+        log_firing(writer, self.keys, measurement, step, figures, title)
         write_verdict(writer, self.keys, verdict, step)
 
     def close(self) -> None:

@@ -46,7 +46,7 @@ from symcoherence.callbacks._settings import (
     configuring,
 )
 from symcoherence.callbacks._timeline import Timeline
-from symcoherence.callbacks._verdict import describe_probes, reading, verdict_text
+from symcoherence.callbacks._verdict import describe_probes, verdict_text
 from symcoherence.coherence import (
     Adam,
     DecisionRule,
@@ -423,9 +423,7 @@ class OrbitCoherenceMonitor(Callback):
                 result,
                 step,
                 figures=self.log_figures,
-                title=f"{record['group']}, {record['metric']} metric, {record['normalization']} "
-                f"normalization, N = {probes}, step {step}",
-                reading=reading(summary, step),
+                title=f"{record['metric']}, {record['normalization']}, N = {probes}, step {step}",
                 verdict=verdict_text(summary, step, probes, self.timeline),
             )
         return scalars

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from symcoherence.data.spectral import spectral_derivative
 from symcoherence.groups import (
     D4,
     Affine,
@@ -41,22 +42,15 @@ def _band_limited(channels: int, n: int, modes: int = 3, seed: int = 0) -> torch
     return field
 
 
-def _derivative(field: torch.Tensor, dim: int) -> torch.Tensor:
-    """Spectral ∂/∂x (dim=-1) or ∂/∂y (dim=-2) on the periodic unit square, Nyquist mode zeroed."""
-    n = field.shape[dim]
-    k = 2 * math.pi * torch.fft.fftfreq(n, d=1.0 / n, dtype=torch.float64)
-    if n % 2 == 0:
-        k[n // 2] = 0.0
-    shape = [1] * field.dim()
-    shape[dim] = n
-    spectrum = torch.fft.fft(field, dim=dim) * (1j * k).view(shape)
-    return torch.fft.ifft(spectrum, dim=dim).real
-
-
 def velocity_gradient(u: torch.Tensor) -> torch.Tensor:
     """G_ij = ∂_j u_i as channels (∂x u_x, ∂y u_x, ∂x u_y, ∂y u_y) = (G_xx, G_xy, G_yx, G_yy)."""
     ux, uy = u[..., 0:1, :, :], u[..., 1:2, :, :]
-    parts = [_derivative(ux, -1), _derivative(ux, -2), _derivative(uy, -1), _derivative(uy, -2)]
+    parts = [
+        spectral_derivative(ux, -1),
+        spectral_derivative(ux, -2),
+        spectral_derivative(uy, -1),
+        spectral_derivative(uy, -2),
+    ]
     return torch.cat(parts, dim=-3)
 
 

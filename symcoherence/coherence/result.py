@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from symcoherence.coherence.statistics.decision import DecisionRule
+from symcoherence.coherence.statistics.keys import HEALTH
 from symcoherence.coherence.statistics.normalization import check_normalization, normalize
 from symcoherence.coherence.statistics.per_probe import quantiles, specific_coupling, unit_transfer
 from symcoherence.coherence.statistics.summary import Summary, summarize
@@ -159,16 +160,9 @@ class OrbitInfluence:
             "degenerate_rows": float(self.degenerate_rows),
             "zero_gradients": float(self.zero_gradients),
         }
-        for name in (
-            "damping",
-            "relative_damping",
-            "solver_residual",
-            "solver_iterations",
-            "memory_budget",
-            "chunk_size",
-        ):
+        for name in HEALTH:
             value = self.info.get(name)
-            if isinstance(value, Number):
+            if name not in entries and isinstance(value, Number):
                 entries[name] = float(value)
         return entries
 

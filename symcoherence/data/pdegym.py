@@ -31,7 +31,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import KW_ONLY, dataclass
 from typing import Any
@@ -43,6 +42,7 @@ import torch
 from symcoherence.data.boundaries import admissible_groups
 from symcoherence.data.file_source import ConvertedFileSource
 from symcoherence.data.source import declare
+from symcoherence.data.spectral import spectral_derivative
 from symcoherence.groups import FieldType, Group
 
 LAYOUTS = {"ns": "velocity", "ce": "data"}
@@ -59,18 +59,8 @@ def relative_divergence(velocity: torch.Tensor) -> float:
         velocity: ``(..., 2, H, W)`` with ``x`` the last axis; derivatives are spectral.
     """
     u = velocity.to(torch.float64)
-
-    def derivative(field: torch.Tensor, dim: int) -> torch.Tensor:
-        n = field.shape[dim]
-        k = 2 * math.pi * torch.fft.fftfreq(n, d=1.0 / n, dtype=torch.float64)
-        if n % 2 == 0:
-            k[n // 2] = 0.0
-        shape = [1] * field.dim()
-        shape[dim] = n
-        return torch.fft.ifft(torch.fft.fft(field, dim=dim) * (1j * k).view(shape), dim=dim).real
-
-    dx = derivative(u[..., 0, :, :], -1)
-    dy = derivative(u[..., 1, :, :], -2)
+    dx = spectral_derivative(u[..., 0, :, :], -1)
+    dy = spectral_derivative(u[..., 1, :, :], -2)
     scale = float((dx.square().sum() + dy.square().sum()).sqrt())
     return float((dx + dy).norm()) / scale if scale > 0 else 0.0
 

@@ -49,11 +49,11 @@ import torch
 from lightning.pytorch import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from controlled_experiment import (  # noqa: E402  (the protocol's shared parts)
+import controlled_experiment  # noqa: E402  (the protocol's shared parts)
+from controlled_experiment import (  # noqa: E402
     FAILING,
     KOLMOGOROV_ADMISSIBLE,
     NULL_VARIANTS,
-    ROOT,
     VARIANTS,
     log,
     training_args,
@@ -67,39 +67,19 @@ SECTION = ("<!-- lead-time:start -->", "<!-- lead-time:end -->")
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Size of one run of the protocol."""
+class Settings(controlled_experiment.Settings):
+    """Size of one run: the controlled experiment's, with the schedule and the affordable metrics."""
 
-    variants: tuple[str, ...] = VARIANTS
-    seeds: int = 3
-    draws: int = 3
-    probes: int = 48
-    steps: int = 400
-    schedule: tuple[int, ...] = SCHEDULE
-    grid: int = 16
-    trajectories: int = 200
-    frames: int = 8
     metrics: tuple[str, ...] = METRICS
-    resamples: int = 1000
-    out: Path = ROOT / "experiments"
-    cache_dir: Path = ROOT / "data_cache"
-    quick: bool = False
+    schedule: tuple[int, ...] = SCHEDULE
 
     def quick_size(self) -> Settings:
         """Toy size for the test suite: 8² grid, 1 seed × 1 draw, 8 probes, 6 steps."""
         return dataclasses.replace(
-            self,
+            super().quick_size(),
             variants=("isotropic", "anisotropic", "anisotropic_augmented"),
-            seeds=1,
-            draws=1,
-            probes=8,
-            steps=6,
+            metrics=METRICS,
             schedule=(0, 1, 6),
-            grid=8,
-            trajectories=30,
-            frames=3,
-            resamples=200,
-            quick=True,
         )
 
 
@@ -626,11 +606,9 @@ def run(settings: Settings) -> dict[str, Any]:
                 figures[name] = f"figures/{path.name}"
             payload = {
                 "settings": {
-                    **{
-                        k: v
-                        for k, v in dataclasses.asdict(settings).items()
-                        if k not in ("out", "cache_dir")
-                    }
+                    k: v
+                    for k, v in dataclasses.asdict(settings).items()
+                    if k not in ("out", "cache_dir", "budget_minutes")
                 },
                 "seconds": dict(seconds),
                 "total_seconds": time.perf_counter() - start,

@@ -9,12 +9,12 @@ Example:
     torch.Size([8, 1, 32, 32])
 """
 
+from symcoherence.groups.affine import Affine
 from symcoherence.groups.base import Group, Subgroup
 from symcoherence.groups.field_types import KINDS, FieldType
 from symcoherence.groups.planar import (
     C4,
     D4,
-    Affine,
     FourierShifts,
     LatticeGroup,
     Product,

@@ -35,126 +35,26 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from symcoherence.groups.affine import (
+    IDENTITY,
+    REFLECTION,
+    ROTATION,
+    Affine,
+    axis_periods,
+    fourier_shift,
+    matmul,
+    move_grid,
+    plain_period,
+)
 from symcoherence.groups.base import TransformGroup
 from symcoherence.groups.field_types import FieldType
 
-Matrix = tuple[tuple[int, int], tuple[int, int]]
-_IDENTITY: Matrix = ((1, 0), (0, 1))
-_ROTATION: Matrix = ((0, -1), (1, 0))
-_REFLECTION: Matrix = ((-1, 0), (0, 1))
 _TOLERANCE = 1e-9  # for comparing (float) translations of Fourier shifts
-
-
-def _matmul(a: Matrix, b: Matrix) -> Matrix:
-    return tuple(
-        tuple(sum(a[i][k] * b[k][j] for k in range(2)) for j in range(2)) for i in range(2)
-    )  # type: ignore[return-value]
-
-
-def _apply(m: Matrix, t: tuple[float, float]) -> tuple[float, float]:
-    return (m[0][0] * t[0] + m[0][1] * t[1], m[1][0] * t[0] + m[1][1] * t[1])
-
-
-def _transpose(m: Matrix) -> Matrix:  # the inverse of an orthogonal matrix
-    return ((m[0][0], m[1][0]), (m[0][1], m[1][1]))
-
-
-@dataclass(frozen=True)
-class Affine:
-    """An affine lattice map ``x ↦ M x + t`` (``M`` signed permutation, ``t`` in grid cells)."""
-
-    matrix: Matrix = _IDENTITY
-    shift: tuple[float, float] = (0.0, 0.0)
-
-    def __matmul__(self, other: Affine) -> Affine:
-        shift = _apply(self.matrix, other.shift)
-        return Affine(
-            _matmul(self.matrix, other.matrix),
-            (shift[0] + self.shift[0], shift[1] + self.shift[1]),
-        )
-
-    def inverse(self) -> Affine:
-        """``(M, t)⁻¹ = (Mᵀ, −Mᵀ t)``."""
-        back = _transpose(self.matrix)
-        shift = _apply(back, self.shift)
-        return Affine(back, (-shift[0], -shift[1]))
-
-    @property
-    def swaps_axes(self) -> bool:
-        """Whether ``M`` exchanges the x and y axes (a quarter turn or a diagonal mirror)."""
-        return self.matrix[0][0] == 0
-
-
-def axis_periods(period: Any) -> tuple[int | None, int | None]:
-    """``(p_x, p_y)`` from a ``period`` argument: ``None``, one number, or a pair (``None`` = open).
-
-    Raises:
-        ValueError: for anything else, or a period that is not a positive integer.
-    """
-    if period is None:
-        return (None, None)
-    pair = (period, period) if isinstance(period, int) else period
-    if (
-        isinstance(pair, str)
-        or not isinstance(pair, Sequence)
-        or len(pair) != 2
-        or any(
-            p is not None and (isinstance(p, bool) or not isinstance(p, int) or p < 1) for p in pair
-        )
-    ):
-        raise ValueError(
-            f"period must be a positive number of grid cells or a pair (p_x, p_y) with None for a "
-            f"non-periodic axis, got {period!r}"
-        )
-    return (pair[0], pair[1])
-
-
-def _plain(period: Any) -> Any:
-    """``period`` as JSON-friendly data (a pair becomes a list)."""
-    return period if period is None or isinstance(period, int) else list(period)
-
-
-def _negate_axis(field: torch.Tensor, dim: int) -> torch.Tensor:
-    """``out[k] = field[-k mod n]`` along ``dim``: the point reflection about index 0."""
-    return torch.roll(torch.flip(field, dims=(dim,)), shifts=1, dims=dim)
-
-
-def _move_grid(field: torch.Tensor, matrix: Matrix) -> torch.Tensor:
-    """``out[j, i] = field[q_y, q_x]`` with ``q = M⁻¹ (i, j)``: the grid part of ``x ↦ M x``."""
-    (a, b), (c, d) = _transpose(matrix)  # M⁻¹ for a signed permutation
-    if a != 0:  # M⁻¹ diagonal: out[j, i] = field[d j, a i]
-        if a < 0:
-            field = _negate_axis(field, -1)
-        if d < 0:
-            field = _negate_axis(field, -2)
-        return field
-    # M⁻¹ anti-diagonal: out[j, i] = field[c i, b j] = fieldᵀ[b j, c i]
-    field = field.transpose(-1, -2)
-    if b < 0:
-        field = _negate_axis(field, -2)
-    if c < 0:
-        field = _negate_axis(field, -1)
-    return field
-
-
-def _fourier_shift(field: torch.Tensor, shift: tuple[float, float]) -> torch.Tensor:
-    """Translate by a (sub-pixel) shift in cells with a phase ramp: exact for band-limited fields."""
-    height, width = field.shape[-2:]
-    real_dtype = field.dtype if field.is_floating_point() else torch.get_default_dtype()
-    ky = torch.fft.fftfreq(height, d=1.0 / height, dtype=torch.float64, device=field.device)
-    kx = torch.fft.rfftfreq(width, d=1.0 / width, dtype=torch.float64, device=field.device)
-    phase = -2 * math.pi * (ky[:, None] * shift[1] / height + kx[None, :] * shift[0] / width)
-    ramp = torch.polar(torch.ones_like(phase), phase)
-    spectrum = torch.fft.rfft2(field.to(real_dtype))
-    shifted = torch.fft.irfft2(spectrum * ramp.to(spectrum.dtype), s=(height, width))
-    return shifted.to(field.dtype)
 
 
 class LatticeGroup(TransformGroup):
@@ -215,7 +115,7 @@ class LatticeGroup(TransformGroup):
                 f"grid; got H×W = {height}×{width} (shape {tuple(field.shape)}). Use a group "
                 "without quarter turns (e.g. D4().subgroup(['e', 'r2', 's', 'sr2'])) or square data"
             )
-        out = _move_grid(field, affine.matrix)
+        out = move_grid(field, affine.matrix)
         source, sign = field_type.channel_action(affine.matrix)
         if source != list(range(len(source))):
             out = out.index_select(-3, torch.tensor(source, device=field.device))
@@ -227,7 +127,7 @@ class LatticeGroup(TransformGroup):
         if shift[0] == 0 and shift[1] == 0:
             return field
         if self.subpixel:
-            return _fourier_shift(field, shift)
+            return fourier_shift(field, shift)
         return torch.roll(field, shifts=(int(shift[1]), int(shift[0])), dims=(-2, -1))
 
     # ------------------------------------------------------------------ structure
@@ -280,18 +180,16 @@ class LatticeGroup(TransformGroup):
 
 def _d4_table(rotations_only: bool) -> dict[str, Affine]:
     table: dict[str, Affine] = {}
-    power = _IDENTITY
+    power = IDENTITY
     rotations = []
     for _ in range(4):
         rotations.append(power)
-        power = _matmul(_ROTATION, power)
+        power = matmul(ROTATION, power)
     for k, m in enumerate(rotations):
         table["e" if k == 0 else ("r" if k == 1 else f"r{k}")] = Affine(m)
     if not rotations_only:
         for k, m in enumerate(rotations):
-            table["s" if k == 0 else ("sr" if k == 1 else f"sr{k}")] = Affine(
-                _matmul(_REFLECTION, m)
-            )
+            table["s" if k == 0 else ("sr" if k == 1 else f"sr{k}")] = Affine(matmul(REFLECTION, m))
     return table
 
 
@@ -384,9 +282,9 @@ class Shifts(LatticeGroup):
         period: int | Sequence[int | None] | None = None,
     ):
         values = _shift_list(shifts, box, line, integer=True)
-        table = {("e" if s == (0.0, 0.0) else _shift_name(s)): Affine(_IDENTITY, s) for s in values}
+        table = {("e" if s == (0.0, 0.0) else _shift_name(s)): Affine(IDENTITY, s) for s in values}
         super().__init__("Shifts", table, period=period)
-        self._record_arguments(shifts=[list(v) for v in values], period=_plain(period))
+        self._record_arguments(shifts=[list(v) for v in values], period=plain_period(period))
 
 
 class FourierShifts(LatticeGroup):
@@ -406,9 +304,9 @@ class FourierShifts(LatticeGroup):
         period: int | Sequence[int | None] | None = None,
     ):
         values = _shift_list(shifts, box, line, integer=False)
-        table = {("e" if s == (0.0, 0.0) else _shift_name(s)): Affine(_IDENTITY, s) for s in values}
+        table = {("e" if s == (0.0, 0.0) else _shift_name(s)): Affine(IDENTITY, s) for s in values}
         super().__init__("FourierShifts", table, period=period, subpixel=True)
-        self._record_arguments(shifts=[list(v) for v in values], period=_plain(period))
+        self._record_arguments(shifts=[list(v) for v in values], period=plain_period(period))
 
 
 class Product(LatticeGroup):

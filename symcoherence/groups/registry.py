@@ -12,8 +12,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from symcoherence.groups.affine import Affine
 from symcoherence.groups.base import Group, Subgroup
-from symcoherence.groups.planar import C4, D4, Affine, FourierShifts, LatticeGroup, Product, Shifts
+from symcoherence.groups.planar import C4, D4, FourierShifts, LatticeGroup, Product, Shifts
 
 _BUILDERS: dict[str, Callable[[dict[str, Any]], Group]] = {}
 

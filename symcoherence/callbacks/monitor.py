@@ -6,6 +6,10 @@ package draw the probes, measure and write to TensorBoard. With ``metric="adam"`
 state yet (a fresh run) there are no second moments to read, so the start firing moves to the end
 of the first step.
 
+The class is longer than this package's other definitions because it carries the callback's
+thirty documented arguments and their settings; what happens at a firing is in the private
+modules.
+
 Example:
     >>> from symcoherence.callbacks import OrbitCoherenceMonitor
     >>> monitor = OrbitCoherenceMonitor(group="D4", early_schedule=64)

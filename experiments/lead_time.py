@@ -295,6 +295,27 @@ def stable_step(rows: list[dict], predictor: str, element: str) -> int | None:
     return first
 
 
+def first_step(rows: list[dict], predictor: str, element: str) -> int | None:
+    """The first scheduled step at which ``predictor`` flags ``element`` (held or not)."""
+    flagged = sorted(r["step"] for r in rows if predictions(r)[predictor][element])
+    return flagged[0] if flagged else None
+
+
+def first_flag_leads(rows: list[dict], truth) -> list[int]:
+    """E rule's first flag − the verdict's, over failing cases that both flag at some step."""
+    by_run: dict[tuple[int, int], list[dict]] = defaultdict(list)
+    for r in rows:
+        by_run[(r["seed"], r["draw"])].append(r)
+    leads = []
+    for (seed, _), run_rows in by_run.items():
+        for element in sorted(truth.get((run_rows[0]["variant"], seed), set())):
+            verdict = first_step(run_rows, "verdict", element)
+            error = first_step(run_rows, "E rule", element)
+            if verdict is not None and error is not None:
+                leads.append(error - verdict)
+    return leads
+
+
 def lead_times(rows: list[dict], truth) -> tuple[list[int], int, int]:
     """Lead times (E rule's stable step − the verdict's) over failing (seed, draw, element)s.
 
@@ -392,10 +413,11 @@ def report_section(payload: dict) -> str:
         "",
         "Lead = first step from which the E rule flags the element at every later scheduled step, "
         "minus the same for the verdict: positive when the verdict comes first (in training "
-        "steps).",
+        "steps). The first-flag lead compares the first steps at which each predictor flags the "
+        "element at all, held or not.",
         "",
-        "| variant | probes | metric | failing cases | lead median (min…max) | verdict first / same / later | verdict never stable | only the verdict flags |",
-        "|---|---|---|---:|---|---|---:|---:|",
+        "| variant | probes | metric | failing cases | lead median (min…max) | verdict first / same / later | verdict never stable | only the verdict flags | first-flag lead median (min…max), cases |",
+        "|---|---|---|---:|---|---|---:|---:|---|",
     ]
     for (variant, probes, metric), rows in sorted(grouped.items()):
         if variant in NULL_VARIANTS or variant == "kolmogorov":
@@ -406,8 +428,15 @@ def report_section(payload: dict) -> str:
             continue
         spread = f"{statistics.median(leads):g} ({min(leads)}…{max(leads)})" if leads else "—"
         order = f"{sum(v > 0 for v in leads)} / {sum(v == 0 for v in leads)} / {sum(v < 0 for v in leads)}"
+        first = first_flag_leads(rows, truth)
+        early = (
+            f"{statistics.median(first):g} ({min(first)}…{max(first)}), {len(first)}"
+            if first
+            else "—"
+        )
         lines.append(
-            f"| {variant} | {probes} | {metric} | {total} | {spread} | {order} | {missed} | {only} |"
+            f"| {variant} | {probes} | {metric} | {total} | {spread} | {order} | {missed} | {only} "
+            f"| {early} |"
         )
     lines += [
         "",
@@ -557,7 +586,7 @@ def save_figure(records: list[dict], variant: str, probes: int, path: Path) -> N
         axis.set_xscale("log")
         axis.set_xticks(steps, [str(r["step"]) for r in rows])
         axis.minorticks_off()
-        axis.set_xlabel("training step (step 0 at 0.5)", fontsize=12)
+        axis.set_xlabel("training step (log scale)", fontsize=12)
         axis.set_title(label, fontsize=13)
         axis.tick_params(labelsize=11)
     right.set_yscale("log")

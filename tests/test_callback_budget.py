@@ -116,6 +116,8 @@ def test_every_firing_after_the_first_is_paid_by_the_training_that_follows_it():
     recording, fit = _fit(monitor, clock, max_epochs=10)
     fired = sorted(recording.values("coherence/D4/orbit"))
     assert fired[:2] == [0, 1]  # the start firing, then the first scheduled one: both taken
+    # the start firing has no training time to be a share of: no overhead is logged for it
+    assert 0 not in recording.values("measurement/D4/overhead")
     budgeted = fired[1:]
     for before, after in zip(budgeted, budgeted[1:], strict=False):
         assert 3.0 <= beta * (after - before) * 1.0  # 3 s paid by the 1 s steps in between

@@ -55,12 +55,13 @@ class OverheadBudget:
         self.interval = 0
         self.monitor_seconds = 0.0
         self._started: float | None = None
+        self._start_step: int | None = None
         self._mark: tuple[float, int] | None = None
 
     def start(self, step: int) -> None:
         """Start the clock at training start (``step`` is the current global step)."""
         now = self.clock()
-        self._started, self._mark = now, (now, step)
+        self._started, self._mark, self._start_step = now, (now, step), step
 
     def allows(self, step: int) -> bool:
         """Whether a scheduled firing at ``step`` fits the budget."""
@@ -85,8 +86,12 @@ class OverheadBudget:
 
     @property
     def overhead(self) -> float:
-        """Monitor time ÷ the rest of the wall time since :meth:`start` (NaN before it)."""
-        if self._started is None:
+        """Monitor time ÷ the rest of the wall time since :meth:`start`.
+
+        NaN until a firing after the first training step: a firing at the start step has no
+        training time to be a share of.
+        """
+        if self._started is None or self._mark is None or self._mark[1] == self._start_step:
             return float("nan")
         rest = self.clock() - self._started - self.monitor_seconds
         return self.monitor_seconds / rest if rest > 0 else float("nan")

@@ -40,6 +40,22 @@ class DictModule(TinyModule):
         self.log("val_loss", sc.smse(self(batch["state"]), batch["next"]).mean())
 
 
+# the settings these tests share: measure at step 4 only, no overhead budget
+MEASURED_AT_4 = dict(
+    max_overhead=None,
+    group="D4",
+    field_type=["scalar"],
+    every_n_train_steps=4,
+    at_start=False,
+    probe_size=6,
+)
+
+
+def _monitor(**overrides) -> sc.OrbitCoherenceMonitor:
+    """A monitor that measures at step 4 (``MEASURED_AT_4``, with ``overrides``)."""
+    return sc.OrbitCoherenceMonitor(**{**MEASURED_AT_4, **overrides})
+
+
 def _expected(module, x, y, probe_size, seed=0):
     """What the monitor must log: measure() on the same seeded draw of the same samples."""
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
@@ -56,14 +72,7 @@ def test_plain_fit_with_dataloaders_draws_probes_from_the_trainer_val_dataloader
     x_train, y_train = make_pairs(16, 1)
     x_val, y_val = make_pairs(12, 2)
     recording = RecordingLogger()
-    monitor = sc.OrbitCoherenceMonitor(
-        max_overhead=None,
-        group="D4",
-        field_type=["scalar"],
-        every_n_train_steps=4,
-        at_start=False,
-        probe_size=6,
-    )
+    monitor = _monitor()
     module = TinyModule()
     snapshot = {}
 
@@ -89,15 +98,7 @@ def test_dict_batches_with_extra_items_are_read_by_batch_items():
         "val_dataloaders": DataLoader(DictPairs(x_val, y_val), batch_size=4),
     }
     recording = RecordingLogger()
-    monitor = sc.OrbitCoherenceMonitor(
-        max_overhead=None,
-        group="D4",
-        field_type=["scalar"],
-        every_n_train_steps=4,
-        at_start=False,
-        probe_size=6,
-        batch_items=("state", "next"),
-    )
+    monitor = _monitor(batch_items=("state", "next"))
     trainer([monitor], logger=recording, max_epochs=1).fit(DictModule(), **loaders)
     assert sorted(recording.values("coherence/D4/orbit")) == [4]
 
@@ -109,14 +110,8 @@ def test_dict_batches_with_extra_items_are_read_by_batch_items():
 
 
 def test_a_function_can_pick_input_and_target():
-    monitor = sc.OrbitCoherenceMonitor(
-        max_overhead=None,
-        group="C4",
-        field_type=["scalar"],
-        every_n_train_steps=4,
-        at_start=False,
-        probe_size=5,
-        batch_items=lambda sample: (sample["state"], sample["next"]),
+    monitor = _monitor(
+        group="C4", probe_size=5, batch_items=lambda sample: (sample["state"], sample["next"])
     )
     recording = RecordingLogger()
     loaders = {
@@ -145,30 +140,20 @@ def test_a_model_whose_parameters_do_not_enter_the_forward_pass_logs_nothing_and
         )
         return recording
 
-    options = dict(
-        group="D4", field_type=["scalar"], every_n_train_steps=4, at_start=False, probe_size=6
-    )
     with pytest.warns(UserWarning, match=r"does not depend on .*eval_mode=False"):
-        recording = fit(sc.OrbitCoherenceMonitor(max_overhead=None, **options))
+        recording = fit(_monitor())
     assert not any(key.startswith("coherence/") for _, m in recording.records for key in m)
     with pytest.raises(MeasurementError, match="eval_mode=False"):
-        fit(sc.OrbitCoherenceMonitor(max_overhead=None, **options, on_error="raise"))
+        fit(_monitor(on_error="raise"))
     with warnings.catch_warnings(record=True) as caught:  # the fix works: measured, no skip
         warnings.simplefilter("always")
-        recording = fit(sc.OrbitCoherenceMonitor(max_overhead=None, **options, eval_mode=False))
+        recording = fit(_monitor(eval_mode=False))
     assert not [w for w in caught if "could not measure" in str(w.message)]
     assert sorted(recording.values("coherence/D4/orbit")) == [4]
 
 
 def test_a_model_vmap_cannot_batch_is_measured_through_the_loop_with_one_warning():
-    monitor = sc.OrbitCoherenceMonitor(
-        max_overhead=None,
-        group="D4",
-        field_type=["scalar"],
-        every_n_train_steps=4,
-        at_start=False,
-        probe_size=6,
-    )
+    monitor = _monitor()
     recording = RecordingLogger()
     data = {
         "train_dataloaders": DataLoader(TensorDataset(*make_pairs(16, 1)), batch_size=4),

@@ -100,4 +100,6 @@ def test_the_quick_run_measures_from_step_zero_and_writes_its_tables(quick_run):
         if r["variant"] == "anisotropic" and r["step"] == 0 and r["metric"] == "identity"
     )
     flagged = {g for g, e in step0["elements"].items() if e["flag"]}
-    assert flagged <= {"r", "r3", "sr", "sr3"}
+    assert flagged and flagged <= {"r", "r3", "sr", "sr3"}
+    isotropic = [r for r in payload["records"] if r["variant"] == "isotropic"]
+    assert not any(e["flag"] for r in isotropic for e in r["elements"].values())  # the null

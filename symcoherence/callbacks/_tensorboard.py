@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from symcoherence.coherence import DecisionRule, Keys, Measurement, Summary
+from symcoherence.coherence.statistics.keys import FAMILIES
 
 _LAYOUT_ATTRIBUTE = "_symcoherence_custom_scalars"
 NAMES = {
@@ -104,7 +105,7 @@ def losses(callback_metrics: Mapping[str, Any], keys: Keys) -> dict[str, float]:
     They put the loss beside the verdict in the landing section at every firing; the monitor's
     own keys and non-scalar values are skipped.
     """
-    own = re.compile(r"(^|/)(basin|coherence|elements|equivariance|influence|measurement)/")
+    own = re.compile(rf"(^|/)({'|'.join(FAMILIES)})/")
     out = {}
     for name, value in callback_metrics.items():
         if "loss" not in name.rsplit("/", 1)[-1].lower() or own.search(name):

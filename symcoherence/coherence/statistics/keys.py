@@ -47,6 +47,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# the first path segment of every key (TensorBoard's sections)
+FAMILIES = ("basin", "coherence", "elements", "equivariance", "influence", "measurement", "verdict")
 BOUNDS = ("", "lo", "hi")
 TIMELINE = ("first_flagged", "flag_held", "flagged_since")
 HEALTH = (
@@ -77,6 +79,8 @@ class Keys:
     prefix: str = ""
 
     def _key(self, family: str, *parts: str) -> str:
+        if family not in FAMILIES:
+            raise ValueError(f"unknown key family {family!r}; expected one of {list(FAMILIES)}")
         return "/".join((f"{self.prefix}{family}", self.group, *parts))
 
     @staticmethod
@@ -194,4 +198,4 @@ class Keys:
         return self._key("measurement", name)
 
 
-__all__ = ["BOUNDS", "HEALTH", "TIMELINE", "Keys"]
+__all__ = ["BOUNDS", "FAMILIES", "HEALTH", "TIMELINE", "Keys"]

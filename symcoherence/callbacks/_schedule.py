@@ -12,11 +12,8 @@ between never fire) and a step is measured at most once. :class:`FiringSchedule`
   ``every_n_train_steps``; by epochs: at the end of every ``every_n_epochs``-th epoch. These two
   are *budgeted*: the monitor's overhead budget may skip them.
 
-**The early schedule.** A verdict read at initialization may move in the first steps of training;
-later it changes slowly.
-
-A verdict read at initialization (step 0) may move in the first steps of training; later it
-changes slowly. :class:`EarlySchedule` fires at log-spaced optimizer steps
+**The early schedule.** A verdict read at initialization (step 0) may move in the first steps of
+training; later it changes slowly. :class:`EarlySchedule` fires at log-spaced optimizer steps
 
 .. math:: s_0 = 0, \qquad s_k = \lceil b^{\,k-1} \rceil \quad (k \ge 1), \qquad s_k \le T,
 

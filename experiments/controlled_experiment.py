@@ -59,14 +59,18 @@ VARIANTS = (
     "anisotropic_group_averaged",
     "kolmogorov",
 )
-METRICS = ("identity", "adam", "gn_probes", "gn_orbit", "subspace")
+METRICS = ("identity", "adam", "gn_probes", "gn_orbit", "ekfac_probes", "ekfac_orbit", "subspace")
 METRIC_LABELS = {
     "identity": "identity",
     "adam": "adam",
     "gn_probes": "Gauss–Newton cg, probe-batch χ",
     "gn_orbit": "Gauss–Newton cg, orbit-batch χ",
+    "ekfac_probes": "Gauss–Newton EK-FAC, probe-batch χ",
+    "ekfac_orbit": "Gauss–Newton EK-FAC, orbit-batch χ",
     "subspace": "Gauss–Newton subspace (paper)",
 }
+# approximation -> the exact reference it is compared with on the same probes
+REFERENCES = {"ekfac_probes": "gn_probes", "ekfac_orbit": "gn_orbit"}
 STATISTICS = ("ratio", "coupling", "transfer")
 NULL_VARIANTS = ("isotropic", "anisotropic_group_averaged")
 FAILING = ("r", "r3", "sr", "sr3")  # axis-swapping elements: the x-elongated data break them
@@ -178,6 +182,8 @@ def metric_object(name: str) -> Any:
         "adam": "adam",
         "gn_probes": GaussNewton(batch="probes"),
         "gn_orbit": GaussNewton(batch="orbit"),
+        "ekfac_probes": GaussNewton(solver="ekfac", batch="probes"),
+        "ekfac_orbit": GaussNewton(solver="ekfac", batch="orbit"),
         "subspace": GaussNewton(solver="subspace"),
     }[name]
 
@@ -215,12 +221,15 @@ def measure_model(
     draw: int,
     group: Any,
     group_label: str,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Measure one trained model on one probe draw under every metric; records + summaries."""
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, torch.Tensor]]:
+    """Measure one trained model on one probe draw under every metric.
+
+    Returns the records, the summaries and the raw ``H`` matrices ``(K, N, N)``, by metric.
+    """
     from symcoherence.cli.analyze import analyze
     from symcoherence.coherence import MeasurementSpec
 
-    records, summaries = [], {}
+    records, summaries, matrices = [], {}, {}
     for metric in settings.metrics:
         spec = MeasurementSpec(
             group=group,
@@ -241,7 +250,7 @@ def measure_model(
             )
             summary = measurement.summary()
         seconds = time.perf_counter() - start
-        summaries[metric] = summary
+        summaries[metric], matrices[metric] = summary, measurement.influence.matrix
         info = {
             k: float(v)
             for k, v in measurement.influence.info.items()
@@ -268,7 +277,59 @@ def measure_model(
             f"    {variant} seed {seed} draw {draw} {group_label} {metric}: {seconds:.1f} s; "
             + summary.verdict()
         )
-    return records, summaries
+    return records, summaries, matrices
+
+
+def _rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman's r of two 1-D tensors of continuous values (ranks by sorting; ties negligible)."""
+    ranks = torch.stack([a.argsort().argsort(), b.argsort().argsort()]).double()
+    return float(torch.corrcoef(ranks)[0, 1])
+
+
+def attach_agreement(records: list[dict[str, Any]], matrices: dict[tuple, torch.Tensor]) -> None:
+    """Score every approximation record against its exact reference on the same probes.
+
+    For each record of a metric in :data:`REFERENCES` whose reference was measured on the same
+    model, group and probe draw, adds ``record["agreement"]``: the Spearman correlation of the
+    entries of ``H``, the relative Frobenius error ``‖H − H_ref‖_F / ‖H_ref‖_F``, the number of
+    elements ``g ≠ e`` with the same verdict under the library's default decision rule, and the
+    measurement's time ÷ the identity metric's on the same probes.
+    """
+    from symcoherence.coherence import DecisionRule
+    from symcoherence.coherence.statistics.summary import ElementSummary
+
+    rule = DecisionRule()
+
+    def flagged(record: dict[str, Any], element: str) -> bool:
+        return bool(rule.suppressed(ElementSummary(element, **record["elements"][element])))
+
+    def key(record: dict[str, Any], metric: str) -> tuple:
+        return (record["variant"], record["group"], record["seed"], record["draw"], metric)
+
+    by_key = {key(r, r["metric"]): r for r in records}
+    for record in records:
+        reference = by_key.get(key(record, REFERENCES.get(record["metric"], "")))
+        if (
+            reference is None
+            or "agreement" in record
+            or key(record, record["metric"]) not in matrices
+        ):
+            continue
+        approx = matrices[key(record, record["metric"])].double().flatten()
+        exact = matrices[key(reference, reference["metric"])].double().flatten()
+        elements = [e for e in record["elements"] if e != record["identity"]]
+        identity = by_key.get(key(record, "identity"))
+        record["agreement"] = {
+            "reference": reference["metric"],
+            "spearman": _rank_correlation(approx, exact),
+            "frobenius": float((approx - exact).norm() / exact.norm()),
+            "same_verdict": [
+                sum(flagged(record, e) == flagged(reference, e) for e in elements),
+                len(elements),
+            ],
+            "cost": record["seconds"] / identity["seconds"] if identity else math.nan,
+            "reference_cost": reference["seconds"] / identity["seconds"] if identity else math.nan,
+        }
 
 
 # ---------------------------------------------------------------------------------- Kolmogorov
@@ -500,6 +561,8 @@ def write_report(
     lines += headline_lines(rules)
     lines.append("")
 
+    lines += agreement_lines(records)
+
     # ---- decision rules
     lines += [
         "## Decision rules: false-positive rate and hit rate",
@@ -645,6 +708,47 @@ def write_report(
     return "\n".join(lines) + "\n"
 
 
+def agreement_lines(records: list[dict[str, Any]]) -> list[str]:
+    """The approximations against their exact references on the same probes (a table)."""
+    scored = [r for r in records if "agreement" in r]
+    if not scored:
+        return []
+
+    def spread(values: list[float]) -> str:
+        return f"{_fmt(_median(values))} ({_fmt(min(values))}…{_fmt(max(values))})"
+
+    lines = [
+        "## Kronecker-factored Gauss–Newton (EK-FAC) against the exact reference",
+        "",
+        "Each EK-FAC measurement against the cg reference of the same batch on the same model and "
+        "probes: the Spearman correlation of the entries of H, the relative Frobenius error "
+        "‖H − H_ref‖/‖H_ref‖, the elements g ≠ e whose verdict under the default rule (τ's "
+        "interval below 0.5) is the same, and each metric's time ÷ the identity metric's on the "
+        "same probes; `median (min…max)` over seeds × draws. Per-element τ with intervals: the "
+        "per-variant tables below.",
+        "",
+        "| variant | group | metric | n | Spearman of H | ‖ΔH‖/‖H‖ | same verdict | time ÷ identity | reference's time ÷ identity |",
+        "|---|---|---|---:|---|---|---|---|---|",
+    ]
+    cells: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for record in scored:
+        cells[(record["variant"], record["group"], record["metric"])].append(record["agreement"])
+        cells[("all", "", record["metric"])].append(record["agreement"])
+    for (variant, group, metric), entries in sorted(
+        cells.items(),
+        key=lambda item: (item[0][0] == "all", item[0][0], item[0][1], METRICS.index(item[0][2])),
+    ):
+        same = [sum(e["same_verdict"][i] for e in entries) for i in (0, 1)]
+        label = "**all**" if variant == "all" else variant
+        lines.append(
+            f"| {label} | {group} | {metric} | {len(entries)} | "
+            f"{spread([e['spearman'] for e in entries])} | "
+            f"{spread([e['frobenius'] for e in entries])} | {_rate(tuple(same))} | "
+            f"{spread([e['cost'] for e in entries])} | {spread([e['reference_cost'] for e in entries])} |"
+        )
+    return [*lines, ""]
+
+
 def headline_lines(rules: list[dict[str, Any]], max_fpr: float = 0.05) -> list[str]:
     """Which rule separates failing from healthy elements: best hit rate with null FPR ≤ max."""
 
@@ -775,6 +879,8 @@ def _phases(settings: Settings) -> list[tuple[str, tuple[int, ...], tuple[int, .
     plan = [
         ("identity", every_draw, every_seed),
         ("adam", every_draw, every_seed),
+        ("ekfac_orbit", every_draw, every_seed),
+        ("ekfac_probes", every_draw, every_seed),
         ("subspace", (0,), every_seed),
         ("gn_probes", (0,), (0,)),
         ("subspace", every_draw[1:], every_seed),
@@ -800,6 +906,8 @@ def run(settings: Settings) -> dict[str, Any]:
     kolmogorov: dict[str, Any] | None = None
     figure_dir = settings.out / "figures"
     trained: dict[tuple[str, int], tuple[Any, Any, Any]] = {}
+    kept = {*REFERENCES, *REFERENCES.values(), "identity"}
+    matrices: dict[tuple, torch.Tensor] = {}  # H of the metrics that agreement compares
 
     # ---- phase 0: train every variant × seed
     for variant in settings.variants:
@@ -870,7 +978,7 @@ def run(settings: Settings) -> dict[str, Any]:
                             skipped.append(what)
                             continue
                         start = time.perf_counter()
-                        new, summaries = measure_model(
+                        new, summaries, found = measure_model(
                             model,
                             datamodule,
                             optimizer,
@@ -882,6 +990,8 @@ def run(settings: Settings) -> dict[str, Any]:
                             group_label=label,
                         )
                         records.extend(new)
+                        if metric in kept:
+                            matrices[(variant, label, seed, draw, metric)] = found[metric]
                         stages[f"measure {metric}"] += time.perf_counter() - start
                         if seed == 0 and draw == 0 and metric == headline:
                             name = f"{variant}.png" if label == "D4" else f"{variant}_{label}.png"
@@ -892,6 +1002,7 @@ def run(settings: Settings) -> dict[str, Any]:
                                 figure_dir / name,
                             )
                             figures[(variant, label)] = f"figures/{name}"
+        attach_agreement(records, matrices)
         payload = report()
     return payload
 

@@ -95,6 +95,22 @@ def test_padded_patches_reproduce_autograd_per_sample_gradients(conv):
         torch.testing.assert_close(hooks[n], weight.reshape(3, -1), rtol=RTOL, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular"),
+        nn.Conv2d(2, 3, 3, padding=2, dilation=2, padding_mode="circular", stride=2),
+        nn.Conv2d(2, 3, (3, 5), padding=(1, 2), stride=(2, 1), padding_mode="reflect"),
+        nn.Conv2d(2, 3, 3, padding="same"),
+    ],
+)
+def test_patches_at_chosen_positions_are_those_of_the_full_unfold(conv):
+    x = torch.randn(3, 2, 7, 9)
+    full = conv_patches(conv, x)
+    positions = torch.randperm(full.shape[2], generator=torch.Generator().manual_seed(0))[:5]
+    assert torch.equal(conv_patches(conv, x, positions), full[:, :, positions])
+
+
 def test_circular_patches_differ_from_zero_padded_ones():
     """A conv that pads circularly must not be unfolded with zeros (published K-FAC code does)."""
     conv = nn.Conv2d(1, 1, 3, padding=1, padding_mode="circular").double()
@@ -106,12 +122,24 @@ def test_circular_patches_differ_from_zero_padded_ones():
 # ---------------------------------------------------------------- the eigenvalue correction
 
 
-def test_correction_is_the_diagonal_of_eta_in_the_kronecker_eigenbasis_and_keeps_the_trace():
+@pytest.mark.parametrize("factor_positions", [None, 5])
+def test_correction_is_the_diagonal_of_eta_in_the_kronecker_eigenbasis_and_keeps_the_trace(
+    factor_positions, monkeypatch
+):
+    """Also when ``A`` is accumulated at a random subset of positions (``FACTOR_POSITIONS``):
+    the basis changes, the correction and the trace stay exact."""
     net = small_net(0)
     x, _ = data(n=3)
     eta = eta_of(net, [x])
+    full = fit(net, [x])
+    if factor_positions is not None:
+        monkeypatch.setattr(kronecker, "FACTOR_POSITIONS", factor_positions)
     curvature = fit(net, [x])
     assert curvature.layers == 3 and len(curvature.blocks) == 1  # the GroupNorm's dense block
+    if factor_positions is not None:
+        for layer, exact in zip(curvature.kronecker, full.kronecker, strict=True):
+            assert layer.positions == 3 * factor_positions  # every layer has more positions
+            assert not torch.allclose(layer.a, exact.a)
     for layer in curvature.kronecker:
         index = layer.columns.reshape(-1)
         basis = torch.kron(layer.qg, layer.qa)

@@ -2,6 +2,7 @@
 (``--quick``: 8² grid, one seed, one probe draw, 8 probes, 6 steps, identity and subspace
 metrics) and its report has the structure and the known answers of the full run."""
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -107,3 +108,52 @@ def test_merging_a_run_that_repeats_measurements_counts_each_once(quick_run, tmp
     assert len(records) == len(payload["records"])
     labels = [experiment._label(r) for r in records]
     assert len(set(labels)) == len(labels)
+
+
+def _agreement_records(reference_rows, approx_rows):
+    """Records of one model and probe draw under identity, the cg reference and EK-FAC."""
+    base = {"variant": "anisotropic", "group": "D4", "seed": 0, "draw": 0, "identity": "e"}
+    return [
+        {**base, "metric": "identity", "seconds": 2.0, "elements": reference_rows},
+        {**base, "metric": "gn_orbit", "seconds": 100.0, "elements": reference_rows},
+        {**base, "metric": "ekfac_orbit", "seconds": 3.0, "elements": approx_rows},
+    ]
+
+
+def _row(transfer, lo, hi):
+    from symcoherence.coherence.statistics.summary import ElementSummary
+
+    row = dict.fromkeys((f.name for f in dataclasses.fields(ElementSummary)), 1.0)
+    row.pop("element")
+    return {**row, "transfer": transfer, "transfer_lo": lo, "transfer_hi": hi}
+
+
+def test_agreement_scores_an_approximation_against_its_reference():
+    """Known answers: H equal to the reference's gives r = 1, error 0; a negated H gives r = −1,
+    error 2; verdicts (τ's interval below 0.5) are compared element by element; costs are ratios
+    of the identity metric's time on the same probes."""
+    import torch
+
+    experiment = _load()
+    reference = {"e": _row(1, 1, 1), "r": _row(0.1, 0.0, 0.2), "s": _row(1.0, 0.8, 1.2)}
+    approx = {"e": _row(1, 1, 1), "r": _row(0.1, 0.0, 0.2), "s": _row(0.2, 0.1, 0.3)}
+    h = torch.randn(3, 5, 5, generator=torch.Generator().manual_seed(0))
+    key = ("anisotropic", "D4", 0, 0)
+    for matrix, spearman, error in ((h, 1.0, 0.0), (-h, -1.0, 2.0)):
+        records = _agreement_records(reference, approx)
+        matrices = {(*key, "gn_orbit"): h, (*key, "ekfac_orbit"): matrix}
+        experiment.attach_agreement(records, matrices)
+        scored = [r for r in records if "agreement" in r]
+        assert [r["metric"] for r in scored] == ["ekfac_orbit"]
+        agreement = scored[0]["agreement"]
+        assert agreement["spearman"] == pytest.approx(spearman)
+        assert agreement["frobenius"] == pytest.approx(error)
+        assert agreement["same_verdict"] == [1, 2]  # r flagged by both, s only by EK-FAC
+        assert agreement["cost"] == pytest.approx(1.5)
+        assert agreement["reference_cost"] == pytest.approx(50.0)
+    # no reference on these probes: nothing to score
+    records = _agreement_records(reference, approx)[::2]
+    experiment.attach_agreement(records, {(*key, "ekfac_orbit"): h})
+    assert not any("agreement" in r for r in records)
+    text = "\n".join(experiment.agreement_lines(scored))
+    assert "| anisotropic | D4 | ekfac_orbit | 1 |" in text and "1/2 = 0.50" in text

@@ -11,7 +11,14 @@ float32, all at the default relative damping:
   ``max|H_sub − H_ref| / max|H_ref|`` over all elements and for the identity row alone, and the
   largest change of a standard ratio ρ(g).
 
-Usage: ``python benchmarks/bench_gauss_newton.py [--threads T] [--cg-iters I] [--models unet fno]``.
+With ``--ekfac-cost``, instead: the Kronecker-factored metric's cost at N = 16 and N = 48
+(``GaussNewton(solver="ekfac")``, both batches) ÷ the identity metric's (target for the orbit
+batch ≤ 2; fastest of two runs each), its fit's stored bytes and the growth of the process's peak
+resident set during the call (``VmHWM`` after a reset through ``/proc/self/clear_refs``; Linux).
+Its accuracy against the exact reference: ``benchmarks/bench_ekfac.py``.
+
+Usage: ``python benchmarks/bench_gauss_newton.py [--threads T] [--cg-iters I] [--models unet fno]
+[--ekfac-cost]``.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import time
 import warnings
 
 import torch
-from common import GRID, GROUP, KIND, N, build
+from common import GRID, GROUP, KIND, N, build, status_kib
 
 import symcoherence as sc
 from symcoherence.coherence import GaussNewton
@@ -85,16 +92,55 @@ def report(name: str, cg_iters: int) -> None:
     )
 
 
+def peak_growth(model, x, y, metric) -> tuple[sc.OrbitInfluence, float, int]:
+    """``(result, seconds, bytes)``: one measurement, its time and the growth of the peak RSS."""
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # reset the peak (VmHWM) to the current resident set
+    before = status_kib("VmRSS")
+    result, seconds, _ = run(model, x, y, metric)
+    return result, seconds, (status_kib("VmHWM") - before) * 1024
+
+
+def ekfac_cost(name: str) -> None:
+    """EK-FAC ÷ identity at N = 16 and 48, with its stored and peak extra bytes."""
+    for n in (16, 48):
+        model, x, y = build(name, num=n)
+        run(model, x[:2], y[:2], "identity")  # warm-up
+        metrics = {
+            "identity": "identity",
+            "EK-FAC, orbit batch": GaussNewton(solver="ekfac", batch="orbit"),
+            "EK-FAC, probe batch": GaussNewton(solver="ekfac", batch="probes"),
+        }
+        best: dict[str, tuple[float, int, int]] = {}
+        for _ in range(2):
+            for label, metric in metrics.items():
+                result, seconds, peak = peak_growth(model, x, y, metric)
+                stored = int(result.info.get("ekfac_fit_bytes", 0))
+                if label not in best or seconds < best[label][0]:
+                    best[label] = (seconds, stored, peak)
+        identity = best["identity"][0]
+        print(f"\n{name}, N = {n}: identity {identity:.1f} s", flush=True)
+        for label, (seconds, stored, peak) in list(best.items())[1:]:
+            target = "  (target ≤ 2)" if "orbit" in label else ""
+            print(
+                f"  {label} ÷ identity {seconds / identity:6.2f}{target}   fit stores "
+                f"{stored / 2**20:6.0f} MiB, peak extra {peak / 2**20:6.0f} MiB "
+                f"(identity's {best['identity'][2] / 2**20:.0f} MiB)",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--cg-iters", type=int, default=40)
     parser.add_argument("--models", nargs="+", default=["unet", "fno"], choices=["unet", "fno"])
+    parser.add_argument("--ekfac-cost", action="store_true", help="only EK-FAC's cost, N = 16, 48")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, {GRID}², D4 K={len(GROUP)}, N={N}")
     for name in args.models:
-        report(name, args.cg_iters)
+        ekfac_cost(name) if args.ekfac_cost else report(name, args.cg_iters)
 
 
 if __name__ == "__main__":

@@ -549,10 +549,19 @@ def write_report(
         + ".",
         "",
     ]
-    if skipped:
+    refused = [s for s in skipped if ": refused (" in s]
+    late = [s for s in skipped if s not in refused]
+    if late:
         lines += [
             f"**Not measured** (time budget of {settings.budget_minutes:g} min reached): "
-            f"{len(skipped)} measurements, e.g. " + "; ".join(skipped[:6]) + ".",
+            f"{len(late)} measurements, e.g. " + "; ".join(late[:6]) + ".",
+            "",
+        ]
+    if refused:
+        lines += [
+            f"**Refused by the metric**: {len(refused)} measurements, e.g. "
+            + "; ".join(refused[:2])
+            + ".",
             "",
         ]
 
@@ -816,7 +825,9 @@ def report_from_json(path: Path, settings: Settings, merge: list[Path] | None = 
         payload["records"] = [  # a measurement that a merged run repeated counts once
             r for r in payload["records"] if _label(r) not in {_label(e) for e in extra["records"]}
         ] + extra["records"]
-        payload["skipped"] = [s for s in payload.get("skipped", []) if s not in covered]
+        payload["skipped"] = [  # a skipped or refused measurement the merged run made
+            s for s in payload.get("skipped", []) if s.split(": refused (")[0] not in covered
+        ]
         payload["skipped"] += extra.get("skipped", [])
         for stage, seconds in extra["stages"].items():
             payload["stages"][f"parallel run: {stage}"] = seconds
@@ -978,17 +989,24 @@ def run(settings: Settings) -> dict[str, Any]:
                             skipped.append(what)
                             continue
                         start = time.perf_counter()
-                        new, summaries, found = measure_model(
-                            model,
-                            datamodule,
-                            optimizer,
-                            dataclasses.replace(settings, metrics=(metric,)),
-                            variant=variant,
-                            seed=seed,
-                            draw=draw,
-                            group=group,
-                            group_label=label,
-                        )
+                        try:
+                            new, summaries, found = measure_model(
+                                model,
+                                datamodule,
+                                optimizer,
+                                dataclasses.replace(settings, metrics=(metric,)),
+                                variant=variant,
+                                seed=seed,
+                                draw=draw,
+                                group=group,
+                                group_label=label,
+                            )
+                        except ValueError as error:  # a metric that refuses this model (EK-FAC)
+                            if metric not in REFERENCES:
+                                raise
+                            skipped.append(f"{what}: refused ({str(error)[:120]})")
+                            log(f"    {what}: refused: {error}")
+                            continue
                         records.extend(new)
                         if metric in kept:
                             matrices[(variant, label, seed, draw, metric)] = found[metric]

@@ -157,6 +157,21 @@ def test_correction_is_the_diagonal_of_eta_in_the_kronecker_eigenbasis_and_keeps
     assert float(curvature.dense().trace()) == pytest.approx(trace, rel=RTOL)
 
 
+def test_a_group_averaged_model_is_covered_with_its_copies_as_positions():
+    """GroupAveraged runs the |G| copies as one batch: the factors see them as more positions, the
+    correction and the trace come from the per-sample pseudo-gradients and stay exact."""
+    net = sc.models.GroupAveraged(small_net(0, stride=1), D4, SCALAR).double()
+    x, _ = data(n=2)
+    eta = eta_of(net, [x])
+    curvature = fit(net, [x])
+    for layer in curvature.kronecker:
+        index = layer.columns.reshape(-1)
+        basis = torch.kron(layer.qg, layer.qa)
+        expected = torch.diag(basis.T @ eta[index[:, None], index] @ basis)
+        torch.testing.assert_close(layer.eigenvalues.reshape(-1), expected, rtol=1e-9, atol=1e-14)
+    assert curvature.trace == pytest.approx(float(eta.trace()), rel=RTOL)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_ekfac_is_frobenius_closer_to_eta_than_kfac(seed):
     net = small_net(seed, padding_mode="zeros" if seed == 2 else "circular")

@@ -227,6 +227,33 @@ def test_what_hooks_cannot_see_falls_back_to_vmap_with_the_loop_gradients(cls):
     check(net, *fields(5, 1, 4), engine="vmap")
 
 
+class StackedCopies(nn.Module):
+    """Runs the batch and its mirror image through one conv as one batch of 2·n rows."""
+
+    def __init__(self, sample_major: bool):
+        super().__init__()
+        self.conv, self.sample_major = nn.Conv2d(1, 2, 3, padding=1), sample_major
+
+    def forward(self, x):
+        copies = torch.stack([x, x.flip(-1)], dim=1 if self.sample_major else 0)
+        out = torch.tanh(self.conv(copies.flatten(0, 1)))
+        out = out.unflatten(0, (x.shape[0], 2) if self.sample_major else (2, x.shape[0]))
+        return out.sum(1 if self.sample_major else 0)
+
+
+def test_a_layer_that_sees_copies_of_the_batch_adds_up_each_samples_copies():
+    """Copy-major stacking (as GroupAveraged) stays on the hooks; sample-major stacking, which the
+    hooks would sum wrongly, is caught by the check and falls back to vmap — exact either way."""
+    torch.manual_seed(0)
+    x, y = fields(5, 1, 6, targets=(5, 2, 6, 6))
+    check(StackedCopies(sample_major=False).double(), x, y, engine="layers")
+    check(StackedCopies(sample_major=True).double(), x, y, engine="vmap")
+    averaged = sc.models.GroupAveraged(
+        conv_net(padding=1, padding_mode="circular"), sc.groups.D4(), ["scalar", "scalar"]
+    )
+    check(averaged.double(), *fields(5, 2, 6), engine="layers")
+
+
 def test_active_dropout_goes_through_vmap():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Dropout(0.5), nn.Conv2d(2, 1, 1))

@@ -20,7 +20,9 @@ gradient of one grouped convolution, with the samples stacked as groups.
 ``bias`` of a layer of a supported type (exactly: a subclass may compute differently). It registers forward
 hooks for one call, and a gradient hook on each covered layer's output that turns ``δ`` into
 per-sample gradients as soon as the backward reaches it. Only the input's gradient is asked for,
-so the backward runs down to the first layer and computes no summed weight gradient. A layer called several times in one forward adds up its calls.
+so the backward runs down to the first layer and computes no summed weight gradient. A layer called several times in one forward adds up its calls. A layer that sees ``m·n`` rows for ``n``
+samples — a model that runs ``m`` transformed copies of its batch as one batch, copy-major, as
+:class:`~symcoherence.models.GroupAveraged` does — adds up each sample's ``m`` rows.
 
 What hooks cannot see — a parameter also used outside its layer's ``forward``, a layer whose
 output does not depend on the input, samples that interact (batch statistics) — gives a wrong
@@ -206,6 +208,20 @@ class HookMismatch(RuntimeError):
     """The hooks could not produce the per-sample gradients (the model is not covered after all)."""
 
 
+def _per_sample(value: torch.Tensor, num: int) -> torch.Tensor:
+    """A rule's rows ``(m·n, ...)`` as ``n`` per-sample values: the sum of each sample's ``m`` copies.
+
+    Copy-major (row ``k·n + i`` is copy ``k`` of sample ``i``); a model that stacks its copies
+    sample-major gets wrong sums here, which the engine's check against autograd catches.
+    """
+    rows = value.shape[0]
+    if rows == num:
+        return value
+    if rows % num:
+        raise HookMismatch(f"a layer saw a batch of {rows} rows for {num} samples")
+    return value.reshape(rows // num, num, *value.shape[1:]).sum(0)
+
+
 @dataclass
 class _Layer:
     """A covered layer: its rule and ``{local name: parameter name}`` of the selected parameters."""
@@ -298,6 +314,7 @@ class LayerGradients:
                 if observe is not None:
                     observe(module, seen, delta)
                 for local, value in layer.rule(module, seen, delta).items():
+                    value = _per_sample(value, inputs.shape[0])
                     name = layer.names.get(local)
                     if name in written:
                         out[name].add_(value)

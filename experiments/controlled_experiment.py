@@ -830,7 +830,8 @@ def report_from_json(path: Path, settings: Settings, merge: list[Path] | None = 
         ]
         payload["skipped"] += extra.get("skipped", [])
         for stage, seconds in extra["stages"].items():
-            payload["stages"][f"parallel run: {stage}"] = seconds
+            name = stage if stage.startswith("parallel run: ") else f"parallel run: {stage}"
+            payload["stages"][name] = payload["stages"].get(name, 0.0) + seconds
         if extra.get("kolmogorov") and payload.get("kolmogorov"):
             payload["kolmogorov"].setdefault(
                 "model_error_parallel", extra["kolmogorov"]["model_error"]

@@ -29,6 +29,41 @@ SCRIPT = textwrap.dedent(
 
     out = sys.argv[1]
 
+    from symcoherence.callbacks import _sharded
+    replicas = []  # the class of every module copied (the backbone is an FSDPSequential)
+    gather = _sharded.plain_replica
+
+    def counting_replica(module):
+        replicas.append(type(module).__name__)
+        return gather(module)
+
+    _sharded.plain_replica = counting_replica
+
+    class Gain(torch.nn.Module):  # a layer the hooks have no rule for
+        def __init__(self):
+            super().__init__()
+            self.gain = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            return self.gain * x
+
+    def refusals(mesh):
+        # what orbit_influence says of sharded models it cannot measure (every rank)
+        x, y = TinyData().probe_batch(4)
+        said = {}
+        plain_conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+        uncovered = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3, padding=1), Gain())
+        for label, net, projection in (
+            ("exact", plain_conv, None),
+            ("uncovered", uncovered, sc.coherence.Projection(dim=16)),
+        ):
+            fully_shard(net, mesh=mesh)
+            try:
+                sc.orbit_influence(net, sc.smse, x, y, sc.groups.D4(), sc.FieldType(["scalar"]), projection=projection)
+            except ValueError as error:
+                said[label] = str(error)
+        return said
+
     class Sharded(TinyModule):
         def configure_model(self):
             mesh = self.device_mesh["data_parallel"]
@@ -54,8 +89,11 @@ SCRIPT = textwrap.dedent(
                 {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in optimizer.state[p].items()}
                 for p in pl_module.parameters()
             ]
+            said = refusals(pl_module.device_mesh["data_parallel"])
             if trainer.global_rank == 0:
                 torch.save({"model": state, "moments": moments}, out + "/final.pt")
+                with open(out + "/refusals.json", "w") as handle:
+                    json.dump(said, handle)
 
     monitors = [
         Save(max_overhead=None, every_n_train_steps=2, probe_size=6),
@@ -67,7 +105,7 @@ SCRIPT = textwrap.dedent(
     fit = trainer(monitors, logger=logger, max_steps=4, max_epochs=-1, devices=2, strategy=strategy)
     fit.fit(Sharded(), datamodule=TinyData())
     with open(f"{out}/rank{fit.global_rank}.json", "w") as handle:
-        json.dump({"records": logger.records}, handle)
+        json.dump({"records": logger.records, "replicas": replicas.count("FSDPSequential")}, handle)
     """
 )
 
@@ -91,7 +129,9 @@ def sharded_run(tmp_path_factory):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     records = json.loads((tmp_path / "rank0.json").read_text())["records"]
-    assert json.loads((tmp_path / "rank1.json").read_text())["records"] == []  # rank 0 logs
+    rank1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert rank1["records"] == []  # rank 0 logs
+    assert rank1["replicas"] == 6
     return records, tmp_path
 
 
@@ -147,8 +187,12 @@ def test_the_adam_metric_reads_the_gathered_second_moments(sharded_run):
     assert expected[key] != pytest.approx(identity[key], rel=1e-4)  # the moments mattered
 
 
-def test_a_projection_measures_the_sharded_model_as_it_does_one_process(sharded_run):
+def test_a_projection_measures_the_sharded_model_in_place_as_one_process_measures_it(sharded_run):
+    """With a projection the sharded layers' hooks give the rows: no rank gathers the model
+    (the identity and Adam monitors gather it three times each), and the numbers are those of
+    one process measuring the gathered weights with the same projection."""
     records, folder = sharded_run
+    assert json.loads((folder / "rank0.json").read_text())["replicas"] == 6
     logged = _logged(records, "projected/coherence/D4/orbit")
     assert sorted(logged) == [0, 2, 4]
     final = torch.load(folder / "final.pt")
@@ -159,3 +203,10 @@ def test_a_projection_measures_the_sharded_model_as_it_does_one_process(sharded_
     assert expected[key] != pytest.approx(exact[key], rel=1e-4)  # 32 < P numbers: projected
     for key, value in expected.items():
         assert logged[4][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def test_sharded_models_that_cannot_be_measured_in_place_are_refused_with_the_way_out(sharded_run):
+    _, folder = sharded_run
+    said = json.loads((folder / "refusals.json").read_text())
+    assert "projection=Projection" in said["exact"] and "FSDP2" in said["exact"]
+    assert "['1.gain']" in said["uncovered"] and "register_rule" in said["uncovered"]

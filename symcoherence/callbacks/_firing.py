@@ -81,6 +81,7 @@ def measure_collectively(
     elements: Sequence[str],
     resolve: Callable[[], Metric],
     device: torch.device | str,
+    replicated: bool = False,
 ) -> Outcome:
     """Run ``work(share, metric)`` on this rank's share, agree on success and gather the shares.
 
@@ -91,15 +92,17 @@ def measure_collectively(
         elements: all elements of the firing, identity first.
         resolve: returns the firing's metric object (may raise, e.g. ``adam`` without optimizer).
         device: where the agreement's tensor lives (a CUDA device for the NCCL backend).
+        replicated: every rank measures every element (the measurement itself is collective,
+            as on a sharded model), so nothing is split or gathered.
     """
     rank, world_size = distributed.rank_and_world_size()
     part: Measurement | None = None
     error: BaseException | None = None
-    separable = True
+    separable = not replicated
     try:
         metric = resolve()
-        separable = metric.element_separable
-        mine = share(elements, metric, rank, world_size)
+        separable = separable and metric.element_separable
+        mine = list(elements) if replicated else share(elements, metric, rank, world_size)
         part = work(mine, metric).cpu() if mine else None
     except Exception as err:  # every failure must reach the agreement below
         error = err
@@ -126,7 +129,9 @@ def measure_run(
     """One firing of a monitor on every rank: :func:`measure_collectively` of the run's model.
 
     A model sharded with FSDP2 is measured on its gathered plain replica (see
-    :mod:`~symcoherence.callbacks._sharded`), so the numbers are those of the unsharded model.
+    :mod:`~symcoherence.callbacks._sharded`), so the numbers are those of the unsharded model;
+    with a projection, on the sharded model itself (every rank runs the whole measurement, see
+    :mod:`~symcoherence.coherence.gradients.sharded`), so that no rank gathers the parameters.
 
     Args:
         pl_module: the LightningModule (its ``backbone``, else itself, is measured).
@@ -143,9 +148,11 @@ def measure_run(
     optimizer = optimizers[0] if optimizers else None
     inputs, targets = probe
     model = measured_model(pl_module)
+    in_place = sharded.is_sharded(model) and spec.projection is not None
     if sharded.is_sharded(model):
-        # every rank gathers the same tensors in the same order, before anything can fail
         sharded.check_data_parallel(model)
+    if sharded.is_sharded(model) and not in_place:
+        # every rank gathers the same tensors in the same order, before anything can fail
         replica = sharded.plain_replica(model)
         if optimizer is not None and spec.metric == "adam":
             optimizer = sharded.GatheredOptimizer(optimizer, model, replica)
@@ -168,4 +175,4 @@ def measure_run(
             )
 
     device = next(iter(model.parameters())).device
-    return measure_collectively(work, spec.measured_elements, resolve, device)
+    return measure_collectively(work, spec.measured_elements, resolve, device, in_place)

@@ -30,10 +30,11 @@ Example:
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
 
 import torch
 from torch import nn
+
+from symcoherence.coherence.gradients.fsdp import full_value, is_dtensor, is_sharded, plain_class
 
 _HOOK_DICTS = (
     "_forward_hooks",
@@ -50,15 +51,6 @@ _HOOK_DICTS = (
 )
 
 
-def _is_dtensor(tensor: Any) -> bool:
-    return type(tensor).__name__ == "DTensor" and hasattr(tensor, "full_tensor")
-
-
-def is_sharded(module: nn.Module) -> bool:
-    """Whether any parameter of ``module`` is a ``DTensor`` (FSDP2 or another DTensor sharding)."""
-    return any(_is_dtensor(p) for p in module.parameters())
-
-
 def check_data_parallel(module: nn.Module) -> None:
     """Refuse ``DTensor`` parameters that are not data-parallel shards (tensor parallelism).
 
@@ -68,7 +60,7 @@ def check_data_parallel(module: nn.Module) -> None:
     from torch.distributed.tensor import Replicate, Shard
 
     for name, param in module.named_parameters():
-        if not _is_dtensor(param):
+        if not is_dtensor(param):
             continue
         mesh, placements = param.device_mesh, param.placements
         if mesh.ndim != 1 or not all(isinstance(p, Shard | Replicate) for p in placements):
@@ -81,21 +73,8 @@ def check_data_parallel(module: nn.Module) -> None:
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:
-    """The full value of a (possibly sharded) tensor, detached; a collective for a DTensor."""
-    tensor = tensor.detach()
-    return tensor.full_tensor() if _is_dtensor(tensor) else tensor.clone()
-
-
-def _plain_class(module: nn.Module) -> type:
-    """The module's own class: FSDP2 swaps in a subclass ``FSDP<Name>(FSDPModule, <Name>)``."""
-    cls = type(module)
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # a torch without FSDP2
-        return cls
-    if issubclass(cls, FSDPModule):
-        return next(c for c in cls.__mro__[1:] if not issubclass(c, FSDPModule))
-    return cls
+    """The full value of a (possibly sharded) tensor as the replica's own copy."""
+    return full_value(tensor) if is_dtensor(tensor) else tensor.detach().clone()
 
 
 def plain_replica(module: nn.Module) -> nn.Module:
@@ -104,7 +83,7 @@ def plain_replica(module: nn.Module) -> nn.Module:
     Every rank must call it at the same point (each sharded tensor is all-gathered). Attributes
     other than parameters, buffers and submodules are shared with ``module`` (a shallow copy).
     """
-    replica = _plain_class(module).__new__(_plain_class(module))
+    replica = plain_class(module).__new__(plain_class(module))
     replica.__dict__ = dict(module.__dict__)
     replica._parameters = {
         name: None if p is None else nn.Parameter(_full(p), requires_grad=p.requires_grad)

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from symcoherence.coherence.gradients.chunking import ChunkSize
+from symcoherence.coherence.gradients.fsdp import is_sharded
 from symcoherence.coherence.gradients.functional import FunctionalModel
 from symcoherence.coherence.gradients.memory import DEFAULT_MEMORY_FRACTION, MemoryLimit
 from symcoherence.coherence.gradients.parameters import (
@@ -181,6 +182,13 @@ def orbit_influence(
             f"('identity', 'adam'), got {metric!r}"
         )
     check_modes(model, randomness)
+    if projection is None and is_sharded(model):
+        raise ValueError(
+            "the model is sharded with FSDP2 (its parameters are DTensors), and exact per-sample "
+            "gradients would need every parameter on every rank: measure it through a "
+            "projection (projection=Projection(...), computed on the sharded layers; a dim of "
+            "at least the parameter count keeps it exact), or measure a gathered copy"
+        )
     with grad_mode():
         fmodel = FunctionalModel(model, parameter_filter, max_memory=max_memory)
         # projected gradients carry the metric's diagonal, so they meet under the identity

@@ -63,6 +63,8 @@ class SavedBytes:
         self.total = 0
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        if isinstance(tensor, torch.nn.Parameter):  # e.g. the weights FSDP gathers for a forward
+            return tensor
         storage = tensor.untyped_storage()
         if storage.data_ptr() not in self._skip:
             self._sizes[storage.data_ptr()] = storage.nbytes()

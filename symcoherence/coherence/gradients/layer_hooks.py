@@ -53,6 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from symcoherence.coherence.gradients.fsdp import plain_class
+
 # one sample's gradient contributions from what a layer saw (x) and got back (δ), batched over n
 Rule = Callable[[nn.Module, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 
@@ -204,6 +206,10 @@ def register_rule(layer_type: type[nn.Module], rule: Rule) -> None:
     RULES[layer_type] = rule
 
 
+# what a covered layer saw and got back, for callers that need more than the gradients (EK-FAC)
+Observer = Callable[[nn.Module, torch.Tensor, torch.Tensor], None]
+
+
 class HookMismatch(RuntimeError):
     """The hooks could not produce the per-sample gradients (the model is not covered after all)."""
 
@@ -266,8 +272,9 @@ class LayerGradients:
             if name not in owners or tensor.is_complex() or not tensor.is_floating_point():
                 return None
             module, local = owners[name]
-            rule = RULES.get(type(module))
-            if rule is None or (type(module) in _STANDARD and local not in ("weight", "bias")):
+            kind = plain_class(module)  # a layer sharded by FSDP2 keeps its rule
+            rule = RULES.get(kind)
+            if rule is None or (kind in _STANDARD and local not in ("weight", "bias")):
                 return None
             layers.setdefault(module, _Layer(rule, {})).names[local] = name
         return cls(layers)
@@ -279,7 +286,7 @@ class LayerGradients:
         inputs: torch.Tensor,
         targets: torch.Tensor,
         out: dict[str, torch.Tensor],
-        observe: Callable[[nn.Module, torch.Tensor, torch.Tensor], None] | None = None,
+        observe: Observer | None = None,
     ) -> torch.Tensor:
         """Write the per-sample gradients of ``loss_fn(forward(x)[i], y[i])`` into ``out``.
 
@@ -290,8 +297,7 @@ class LayerGradients:
             targets: ``(n, ...)``.
             out: ``{name: (n, *shape)}`` for every selected parameter, overwritten (views into
                 one flat matrix, so that nothing is copied again).
-            observe: called as ``observe(module, x, delta)`` with what each covered layer saw and
-                got back (both batched over ``n``), once per call of the layer, before its rule.
+            observe: as in :meth:`stream`.
 
         Returns:
             The per-sample losses ``(n,)``, detached.
@@ -302,25 +308,84 @@ class LayerGradients:
         """
         written: set[str] = set()
 
+        def receive(name: str, value: torch.Tensor, complete: bool) -> None:
+            if name in written:
+                out[name].add_(value)
+            else:
+                out[name].copy_(value)
+                written.add(name)
+
+        dtype = next(iter(out.values())).dtype
+        losses = self.stream(forward, loss_fn, inputs, targets, receive, observe, dtype=dtype)
+        missing = sorted(set(out) - written)
+        if missing:
+            raise HookMismatch(f"the backward did not reach the layers of {missing}")
+        return losses
+
+    def stream(
+        self,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        receive: Callable[[str, torch.Tensor, bool], None],
+        observe: Observer | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """Hand each layer's per-sample gradients to ``receive`` as the backward reaches it.
+
+        ``receive(name, value, complete)`` gets ``value`` ``(n, *shape)``, the contribution of one
+        call of the layer to parameter ``name``; ``complete`` is ``True`` at the layer's last call
+        of this forward, when its gradients are whole.
+
+        What the layers saw and got back is upcast to ``dtype`` before the products (a layer run
+        in bfloat16 by a mixed-precision policy or autocast still gives float32 rows). Forward
+        calls made during the backward (activation checkpointing recomputes its blocks there)
+        are not captured: autograd's gradients still flow through the first forward's outputs.
+
+        Args:
+            forward: the model on a batch.
+            loss_fn: per-sample loss on unbatched tensors.
+            inputs: ``(n, ...)``.
+            targets: ``(n, ...)``.
+            receive: takes the gradients.
+            observe: called as ``observe(module, x, delta)`` with what each covered layer saw and
+                got back (both batched over ``n``), once per call of the layer, before its rule.
+            dtype: the precision of the products (default: that of the activations).
+
+        Returns:
+            The per-sample losses ``(n,)``, detached.
+        """
+        calls: dict[nn.Module, int] = {}
+        returned: dict[nn.Module, int] = {}
+        recomputing = False
+
+        def upcast(tensor: torch.Tensor) -> torch.Tensor:
+            if dtype is None or tensor.dtype == dtype or not tensor.is_floating_point():
+                return tensor
+            return tensor.to(dtype)
+
         def on_forward(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            if recomputing:
+                return
             layer = self._layers[module]
             if not isinstance(output, torch.Tensor) or not output.requires_grad:
                 raise HookMismatch(
                     f"the output of {type(module).__name__} does not depend on the input"
                 )
-            seen = args[0].detach()
+            seen = upcast(args[0].detach())
+            calls[module] = calls.get(module, 0) + 1
 
             def on_backward(delta: torch.Tensor) -> None:
+                delta = upcast(delta)
                 if observe is not None:
                     observe(module, seen, delta)
+                returned[module] = returned.get(module, 0) + 1
+                complete = returned[module] == calls[module]
                 for local, value in layer.rule(module, seen, delta).items():
-                    value = _per_sample(value, inputs.shape[0])
                     name = layer.names.get(local)
-                    if name in written:
-                        out[name].add_(value)
-                    elif name is not None:
-                        out[name].copy_(value)
-                        written.add(name)
+                    if name is not None:
+                        receive(name, _per_sample(value, inputs.shape[0]), complete)
 
             output.register_hook(on_backward)
 
@@ -329,13 +394,11 @@ class LayerGradients:
             leaf = inputs.detach().requires_grad_()
             predictions = forward(leaf)
             losses = torch.stack([loss_fn(p, t) for p, t in zip(predictions, targets, strict=True)])
+            recomputing = True
             torch.autograd.grad(losses.sum(), leaf)
         finally:
             for handle in handles:
                 handle.remove()
-        missing = sorted(set(out) - written)
-        if missing:
-            raise HookMismatch(f"the backward did not reach the layers of {missing}")
         return losses.detach()
 
 

@@ -81,19 +81,19 @@ import torch
 from torch import nn
 
 from symcoherence.coherence.gradients.chunking import ChunkSize
+from symcoherence.coherence.gradients.fsdp import is_sharded
 from symcoherence.coherence.gradients.functional import FunctionalModel
 from symcoherence.coherence.gradients.layout import ParameterLayout
-from symcoherence.coherence.gradients.parameters import LossFn, Randomness, tied_aliases
+from symcoherence.coherence.gradients.parameters import LossFn, Randomness
 from symcoherence.coherence.gradients.rows import GradientRows, gather_rows
+from symcoherence.coherence.gradients.sharded import ShardedProjectedGradients
 from symcoherence.coherence.gradients.sketches import (
-    CountSketch,
+    DEFAULT_DIM,
     KroneckerProjection,
     Reparametrized,
-    kronecker_module,
-    kronecker_ranks,
+    allocate,
+    plan_projection,
 )
-
-DEFAULT_DIM = 2**20
 
 
 @dataclass(frozen=True)
@@ -127,8 +127,12 @@ class Projection:
 
     def bind(
         self, model: nn.Module, fmodel: FunctionalModel, scale: torch.Tensor | None = None
-    ) -> ProjectedGradients:
-        """The projected gradients of ``model`` (a :class:`ProjectedGradients`).
+    ) -> ProjectedGradients | ShardedProjectedGradients:
+        """The projected gradients of ``model``.
+
+        A :class:`ProjectedGradients`; for a model sharded with FSDP2, a
+        :class:`~symcoherence.coherence.gradients.sharded.ShardedProjectedGradients`, which
+        measures the sharded model itself.
 
         Args:
             model: the module.
@@ -136,23 +140,9 @@ class Projection:
             scale: ``diag(M)^{-1/2}`` of a diagonal metric in ``fmodel``'s layout (``None``:
                 ``M = I``).
         """
+        if is_sharded(model):
+            return ShardedProjectedGradients(self, model, fmodel, scale)
         return ProjectedGradients(self, model, fmodel, scale)
-
-
-def allocate(sizes: list[int], dim: int) -> list[int]:
-    """Per-tensor dimensions ``d_l = min(p_l, λ)``, ``λ`` the largest level with ``Σ d_l ≤ dim``.
-
-    Example:
-        >>> allocate([10, 1000, 5000], 1000)
-        [10, 495, 495]
-    """
-    level, left = dim, len(sizes)
-    for size in sorted(sizes):  # small tensors take their size, the rest share what is left
-        if size * left > level:
-            break
-        level, left = level - size, left - 1
-    share = level // max(left, 1)
-    return [min(size, share) for size in sizes] if left else list(sizes)
 
 
 class ProjectedGradients:
@@ -182,29 +172,8 @@ class ProjectedGradients:
         scale: torch.Tensor | None = None,
     ):
         self.projection, self.fmodel, self.device = projection, fmodel, fmodel.device
-        generator = torch.Generator().manual_seed(projection.seed)
         like = torch.empty((), dtype=fmodel.dtype, device=fmodel.device)
-        layout = fmodel.layout
-        if projection.dim < len(layout.names):
-            raise ValueError(
-                f"Projection(dim={projection.dim}) cannot give each of the {len(layout.names)} "
-                "selected parameter tensors a dimension; use a larger dim (the default is "
-                f"{DEFAULT_DIM})"
-            )
-        dims = allocate([layout.sizes[n] for n in layout.names], projection.dim)
-        tied = set(tied_aliases(model).values())
-        self.plans: dict[str, CountSketch | KroneckerProjection] = {}
-        for name, dim in zip(layout.names, dims, strict=True):
-            part = None if scale is None else scale[layout.slices[name]]
-            module = kronecker_module(model, name, tied) if dim < layout.sizes[name] else None
-            ranks = (
-                None if module is None else kronecker_ranks(dim, *module.weight.flatten(1).shape)
-            )
-            if ranks is None:
-                self.plans[name] = CountSketch(layout.sizes[name], dim, part, generator, like)
-            else:
-                key = name.replace(".", "/")  # ParameterDict keys cannot hold dots
-                self.plans[name] = KroneckerProjection(module, key, ranks, part, generator, like)
+        self.plans = plan_projection(projection, model, fmodel.layout, scale, like)
         self._kronecker = {
             n: p for n, p in self.plans.items() if isinstance(p, KroneckerProjection)
         }

@@ -24,6 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from symcoherence.coherence.gradients.parameters import tied_aliases
+
+DEFAULT_DIM = 2**20
+
 
 def kronecker_ranks(target: int, rows: int, columns: int) -> tuple[int, int] | None:
     """``(k_out, k_in)`` with ``k_out·k_in ≤ target``, as balanced as ``rows``, ``columns`` allow.
@@ -85,7 +89,7 @@ class KroneckerProjection:
         self.module, self.key = module, key
         weight = module.weight
         self.shape = weight.shape
-        self.rows, self.columns = rows, columns = weight.shape[0], weight[0].numel()
+        self.rows, self.columns = rows, columns = _matrix_shape(weight)
         self.k_out, self.k_in = ranks
         self.dim = self.k_out * self.k_in
         self.out_factor = (
@@ -147,6 +151,65 @@ def kronecker_module(model: nn.Module, name: str, tied: set[str]) -> nn.Module |
     if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed and module.groups == 1:
         return module
     return None
+
+
+def allocate(sizes: list[int], dim: int) -> list[int]:
+    """Per-tensor dimensions ``d_l = min(p_l, λ)``, ``λ`` the largest level with ``Σ d_l ≤ dim``.
+
+    Example:
+        >>> allocate([10, 1000, 5000], 1000)
+        [10, 495, 495]
+    """
+    level, left = dim, len(sizes)
+    for size in sorted(sizes):  # small tensors take their size, the rest share what is left
+        if size * left > level:
+            break
+        level, left = level - size, left - 1
+    share = level // max(left, 1)
+    return [min(size, share) for size in sizes] if left else list(sizes)
+
+
+def plan_projection(
+    projection, model: nn.Module, layout, scale: torch.Tensor | None, like: torch.Tensor
+) -> dict[str, CountSketch | KroneckerProjection]:
+    """The block of ``S`` for each selected tensor, in ``layout`` order (see :mod:`.projection`).
+
+    Args:
+        projection: a :class:`~symcoherence.coherence.Projection` (its ``dim`` and ``seed``).
+        model: the module (which layer owns each weight).
+        layout: the :class:`~symcoherence.coherence.gradients.layout.ParameterLayout` of the
+            selected parameters.
+        scale: ``diag(M)^{-1/2}`` ``(P,)`` in ``layout``, or ``None`` for ``M = I``.
+        like: dtype and device of the factors.
+
+    Raises:
+        ValueError: if ``dim`` is smaller than the number of selected tensors.
+    """
+    if projection.dim < len(layout.names):
+        raise ValueError(
+            f"Projection(dim={projection.dim}) cannot give each of the {len(layout.names)} "
+            "selected parameter tensors a dimension; use a larger dim (the default is "
+            f"{DEFAULT_DIM})"
+        )
+    generator = torch.Generator().manual_seed(projection.seed)
+    dims = allocate([layout.sizes[n] for n in layout.names], projection.dim)
+    tied = set(tied_aliases(model).values())
+    plans: dict[str, CountSketch | KroneckerProjection] = {}
+    for name, dim in zip(layout.names, dims, strict=True):
+        part = None if scale is None else scale[layout.slices[name]]
+        module = kronecker_module(model, name, tied) if dim < layout.sizes[name] else None
+        ranks = None if module is None else kronecker_ranks(dim, *_matrix_shape(module.weight))
+        if ranks is None:
+            plans[name] = CountSketch(layout.sizes[name], dim, part, generator, like)
+        else:
+            key = name.replace(".", "/")  # ParameterDict keys cannot hold dots
+            plans[name] = KroneckerProjection(module, key, ranks, part, generator, like)
+    return plans
+
+
+def _matrix_shape(weight: torch.Tensor) -> tuple[int, int]:
+    """``(n_out, m)``: a weight as a matrix, from its (global, for a ``DTensor``) shape."""
+    return weight.shape[0], math.prod(weight.shape[1:])
 
 
 class Reparametrized(nn.Module):

@@ -17,6 +17,7 @@ from abc import abstractmethod
 
 import torch
 
+from symcoherence.coherence.gradients.fsdp import full_value
 from symcoherence.coherence.gradients.functional import FunctionalModel
 from symcoherence.coherence.metrics.base import InfluenceProblem, Metric, Reduction, stream_reduce
 
@@ -110,7 +111,7 @@ class Adam(DiagonalMetric):
                     f"group keys {sorted(k for k in group if k != 'params')}; use "
                     "metric='identity' or 'gauss_newton' for other optimizers"
                 )
-            second = state[key].detach()
+            second = full_value(state[key])  # gathered where FSDP2 shards it
             if second.is_complex():  # Adam keeps complex moments per real component
                 second = torch.view_as_real(second)
             bias = 1.0 - group["betas"][1] ** float(state["step"])

@@ -94,8 +94,9 @@ _REFUSED = {"FSDPStrategy", "DeepSpeedStrategy"}  # flat-parameter sharding: no 
 def check_run(trainer: Any, spec: Any) -> None:
     """Refuse FSDP1 and DeepSpeed; warn about measured elements the datamodule does not declare.
 
-    FSDP2 (``fully_shard`` through ``ModelParallelStrategy``) is measured on a gathered replica
-    (see :mod:`~symcoherence.callbacks._sharded`); DDP as it is.
+    FSDP2 (``fully_shard`` through ``ModelParallelStrategy``) is measured in place with a
+    projection, else on a gathered replica (see :mod:`~symcoherence.callbacks._sharded`); DDP as
+    it is.
 
     Args:
         trainer: the run's ``Trainer`` (its ``strategy`` and ``datamodule``).

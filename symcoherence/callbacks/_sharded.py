@@ -1,18 +1,24 @@
 r"""Measuring a model sharded with FSDP2 (``fully_shard``, through ``ModelParallelStrategy``).
 
 Under FSDP2 every parameter is a ``DTensor`` sharded along its first dimension over the
-data-parallel ranks, and ``torch.func`` cannot run on such modules. For a firing, every rank
-gathers the measured model into a plain **replica**: the same module classes (FSDP's dynamic
-subclasses undone), every parameter and buffer as its full tensor (``DTensor.full_tensor()``,
-called on every rank in the same order, so the gathers pair up), and no hooks. The replica is
-measured exactly as an unsharded model, by the same engines (layer hooks, ``vmap``, loop), so a
-sharded run logs the numbers a single process would. The Adam metric reads the optimizer's
-gathered second moments through :class:`GatheredOptimizer`, keyed by the replica's parameters.
+data-parallel ranks, and ``torch.func`` cannot run on such modules. Two ways to measure it:
 
-Cost: the replica holds the full model (and, for ``metric="adam"``, its second moments) on every
-rank for the firing; a model whose full parameters do not fit one device beside training cannot
-be measured this way. A random projection (``projection=``) bounds the per-sample gradients, not
-the replica. The replica is dropped after the firing.
+* **with a projection** (``projection=``): the sharded model itself, by the layer hooks on its
+  sharded layers, each layer's per-sample gradient projected as soon as the backward completes
+  it (:mod:`~symcoherence.coherence.gradients.sharded`). No rank gathers the model (FSDP gathers
+  one unit at a time, as in training), so models too large to gather are measured; every rank
+  runs the whole measurement (the passes are collective), and only layers the hooks cover can
+  be measured (the others are named in the refusal).
+* **without one**: every rank gathers the measured model into a plain **replica**: the same
+  module classes (FSDP's dynamic subclasses undone), every parameter and buffer as its full
+  tensor (``DTensor.full_tensor()``, called on every rank in the same order, so the gathers pair
+  up), and no hooks. The replica is measured exactly as an unsharded model, by the same engines
+  (layer hooks, ``vmap``, loop). The Adam metric reads the optimizer's gathered second moments
+  through :class:`GatheredOptimizer`, keyed by the replica's parameters. The replica holds the
+  full model (and, for ``metric="adam"``, its second moments) on every rank for the firing and
+  is dropped after it.
+
+Either way a sharded run logs the numbers a single process would.
 
 Only data-parallel sharding is measured: a ``DTensor`` on a mesh of more than one dimension
 (tensor parallelism), or placed other than ``Shard``/``Replicate``, is refused.

@@ -130,7 +130,8 @@ class OrbitCoherenceMonitor(Callback):
             step))`` steps (``measurement/{G}/interval_steps``, ``…/overhead``); ``None``: no
             budget.
         projection: measure on seeded random projections of the per-sample gradients (e.g.
-            ``Projection(dim=2**20, seed=0)``); identity and Adam metrics only.
+            ``Projection(dim=2**20, seed=0)``); identity and Adam metrics only. Under FSDP2 a
+            projection measures the sharded model in place, without gathering it.
         max_memory: the memory a firing's gradient chunks may take: bytes (an int), or a fraction
             of what the device has free (a float, default 0.25; CPU: ``MemAvailable``, CUDA: free
             memory less what training takes back at its peak), resolved at the first firing

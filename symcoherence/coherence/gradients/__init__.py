@@ -9,7 +9,9 @@ Which engine computes them, and when (:class:`FunctionalModel` chooses, once per
 * :mod:`.vmap` — ``torch.func.vmap(grad(·))`` otherwise (and for active dropout);
 * :mod:`.loop` — one ``torch.autograd.grad`` per sample where ``vmap`` cannot batch the model;
 * :mod:`.projection` — seeded random projections of the gradients to ``d ≪ P`` numbers
-  (:class:`Projection`; its sketches in :mod:`.sketches`), for models too large for exact rows.
+  (:class:`Projection`; its sketches in :mod:`.sketches`), for models too large for exact rows;
+* :mod:`.sharded` — the same projection computed on a model sharded with FSDP2, by the layer
+  hooks of its sharded layers (what FSDP changes about a module: :mod:`.fsdp`).
 
 Around them: :mod:`.parameters` (what is differentiated, the mode checks), :mod:`.layout` (the
 flat vector of a parameter dict), :mod:`.chunking` (how many samples one call takes),

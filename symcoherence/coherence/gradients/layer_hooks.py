@@ -214,7 +214,7 @@ class HookMismatch(RuntimeError):
     """The hooks could not produce the per-sample gradients (the model is not covered after all)."""
 
 
-def _per_sample(value: torch.Tensor, num: int) -> torch.Tensor:
+def fold_copies(value: torch.Tensor, num: int) -> torch.Tensor:
     """A rule's rows ``(m·n, ...)`` as ``n`` per-sample values: the sum of each sample's ``m`` copies.
 
     Copy-major (row ``k·n + i`` is copy ``k`` of sample ``i``); a model that stacks its copies
@@ -331,6 +331,7 @@ class LayerGradients:
         receive: Callable[[str, torch.Tensor, bool], None],
         observe: Observer | None = None,
         dtype: torch.dtype | None = None,
+        rules: dict[nn.Module, Rule] | None = None,
     ) -> torch.Tensor:
         """Hand each layer's per-sample gradients to ``receive`` as the backward reaches it.
 
@@ -352,6 +353,8 @@ class LayerGradients:
             observe: called as ``observe(module, x, delta)`` with what each covered layer saw and
                 got back (both batched over ``n``), once per call of the layer, before its rule.
             dtype: the precision of the products (default: that of the activations).
+            rules: rules that replace the covered ones for some layers, for callers that want
+                something else from ``x`` and ``δ`` than the gradients (a projection of them).
 
         Returns:
             The per-sample losses ``(n,)``, detached.
@@ -382,10 +385,11 @@ class LayerGradients:
                     observe(module, seen, delta)
                 returned[module] = returned.get(module, 0) + 1
                 complete = returned[module] == calls[module]
-                for local, value in layer.rule(module, seen, delta).items():
+                rule = layer.rule if rules is None else rules.get(module, layer.rule)
+                for local, value in rule(module, seen, delta).items():
                     name = layer.names.get(local)
                     if name is not None:
-                        receive(name, _per_sample(value, inputs.shape[0]), complete)
+                        receive(name, fold_copies(value, inputs.shape[0]), complete)
 
             output.register_hook(on_backward)
 
@@ -402,4 +406,4 @@ class LayerGradients:
         return losses.detach()
 
 
-__all__ = ["RULES", "HookMismatch", "LayerGradients", "register_rule"]
+__all__ = ["RULES", "HookMismatch", "LayerGradients", "fold_copies", "register_rule"]

@@ -96,11 +96,15 @@ class ShardedProjectedGradients:
         self._layers = layers
         like = torch.empty((), dtype=fmodel.dtype, device=fmodel.device)
         self.plans = plan_projection(projection, model, fmodel.layout, scale, like)
+        kronecker = {n: p for n, p in self.plans.items() if isinstance(p, KroneckerProjection)}
+        # unscaled Kronecker blocks are projected from x and δ, without the weight gradient
+        self._direct = {name for name, plan in kronecker.items() if plan.scale is None}
+        self._rules = {
+            kronecker[name].module: _projecting_rule(kronecker[name]) for name in self._direct
+        }
         # norms are those of the unscaled gradients, as ProjectedGradients defines them
         self._unscaled = {
-            name: plan.unscaled()
-            for name, plan in self.plans.items()
-            if isinstance(plan, KroneckerProjection) and plan.scale is not None
+            name: plan.unscaled() for name, plan in kronecker.items() if plan.scale is not None
         }
         self.layout = ParameterLayout(
             {name: torch.empty(plan.dim, device="meta") for name, plan in self.plans.items()}
@@ -176,7 +180,8 @@ class ShardedProjectedGradients:
                 return
             flat = value.reshape(count, -1)
             plan = self.plans[name]
-            rows[:, self.layout.slices[name]] = projected = plan(flat)
+            projected = flat if name in self._direct else plan(flat)
+            rows[:, self.layout.slices[name]] = projected
             if isinstance(plan, KroneckerProjection):
                 unscaled = self._unscaled.get(name)
                 projected = projected if unscaled is None else unscaled(flat)
@@ -187,7 +192,7 @@ class ShardedProjectedGradients:
 
         done: set[str] = set()
         losses = self._layers.stream(
-            self.model, loss_fn, inputs, targets, receive, dtype=rows.dtype
+            self.model, loss_fn, inputs, targets, receive, dtype=rows.dtype, rules=self._rules
         )
         missing = sorted(set(self.plans) - done)
         if missing:
@@ -229,6 +234,19 @@ class ShardedProjectedGradients:
     def _collective_device(self) -> torch.device:
         """Where a tensor for the default process group's backend must live."""
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def _projecting_rule(plan: KroneckerProjection):
+    """A layer rule giving the layer's projected weight gradient and its exact bias gradient."""
+
+    def rule(module: nn.Module, x: torch.Tensor, delta: torch.Tensor) -> dict[str, torch.Tensor]:
+        if plan.spatial == 0:  # Linear: (n, *, out), positions before the features
+            bias = delta.reshape(delta.shape[0], -1, delta.shape[-1]).sum(1)
+        else:  # ConvNd: (n, out, *), positions after the channels
+            bias = delta.flatten(2).sum(-1)
+        return {"weight": plan.from_layer(x, delta), "bias": bias}
+
+    return rule
 
 
 __all__ = ["ShardedProjectedGradients"]

@@ -139,6 +139,28 @@ class KroneckerProjection:
         mixed = conv(features, z.reshape(*z.shape, *pointwise))
         return conv(mixed, self.out_factor.reshape(*self.out_factor.shape, *pointwise))
 
+    def from_layer(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """``P_outᵀ G_n Qᵀ`` per row, from what the layer saw (``x``) and got back (``δ``).
+
+        ``G_n = Σ_t δ_{n,t} u_{n,t}ᵀ`` is never formed: ``P_outᵀ G_n Qᵀ = Σ_t (P_outᵀ δ_{n,t})
+        (Q u_{n,t})ᵀ``, the ``k_out`` projected output gradients against the ``k_in`` projected
+        input channels ``Q ⋆ x``. Unscaled only (``σ ⊙ G`` does not factor).
+
+        Returns:
+            ``(rows, k_out·k_in)``, flattened as :meth:`__call__` flattens.
+        """
+        if self.scale is not None:
+            raise ValueError("a σ-scaled Kronecker projection needs the layer's weight gradient")
+        rows = x.shape[0]
+        if self.spatial == 0:
+            features = F.linear(x, self.in_factor).reshape(rows, -1, self.k_in)
+            outputs = (delta @ self.out_factor).reshape(rows, -1, self.k_out).transpose(1, 2)
+        else:
+            filters = self.in_factor.reshape(self.k_in, *self.shape[1:])
+            features = self.module._conv_forward(x, filters, None).flatten(2).transpose(1, 2)
+            outputs = torch.matmul(self.out_factor.T, delta.flatten(2))
+        return torch.bmm(outputs, features).flatten(1)
+
 
 def kronecker_module(model: nn.Module, name: str, tied: set[str]) -> nn.Module | None:
     """The Linear / ConvNd (``groups=1``) whose own weight ``name`` is, else ``None``."""

@@ -350,21 +350,24 @@ def test_register_rule_refuses_what_is_not_a_layer_type_and_a_rule():
         register_rule(Gain, "gain")
 
 
+class Checkpointed(nn.Module):
+    """Recomputes its first block during the backward (non-reentrant activation checkpointing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 4, 3, padding=1, padding_mode="circular")
+        self.b = nn.Conv2d(4, 1, 3, padding=1, padding_mode="circular")
+
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint
+
+        hidden = checkpoint(lambda t: torch.tanh(self.a(t)), x, use_reentrant=False)
+        return self.b(hidden)
+
+
 def test_activation_checkpointing_keeps_the_hooks_exact():
     """Non-reentrant activation checkpointing recomputes a block during the backward; what the
     hooks capture there never reaches the rows, which stay those of plain autograd."""
-    from torch.utils.checkpoint import checkpoint
-
-    class Checkpointed(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a = nn.Conv2d(1, 4, 3, padding=1, padding_mode="circular")
-            self.b = nn.Conv2d(4, 1, 3, padding=1, padding_mode="circular")
-
-        def forward(self, x):
-            hidden = checkpoint(lambda t: torch.tanh(self.a(t)), x, use_reentrant=False)
-            return self.b(hidden)
-
     torch.manual_seed(0)
     net = Checkpointed().double()
     x, y = (

@@ -9,6 +9,7 @@ activations must be upcast, and what it cannot measure must be refused with the 
 import pytest
 import torch
 from helpers.zoo import data, group_norm_net, stepped_adam
+from test_coherence_layer_hooks import Checkpointed
 from test_coherence_projection import HOOKED, Mixer, mixer
 from torch import nn
 
@@ -72,9 +73,12 @@ class Twice(nn.Module):
         return self.conv(torch.tanh(self.conv(x)))
 
 
-def test_a_layer_called_twice_adds_up_its_calls_before_it_is_projected():
+@pytest.mark.parametrize("make", [Twice, Checkpointed])
+def test_layers_run_again_are_summed_once_each_call_and_never_from_a_recomputation(make):
+    """A layer called twice adds up its calls before it is projected; what activation
+    checkpointing recomputes during the backward is not captured a second time."""
     torch.manual_seed(0)
-    model = Twice().double()
+    model = make().double()
     x, y = data(n=4, grid=8)
     fmodel = FunctionalModel(model)
     source = ShardedProjectedGradients(Projection(dim=fmodel.layout.size), model, fmodel)
@@ -153,29 +157,3 @@ def test_active_dropout_is_refused():
     source = both(model, 200)[0]
     with pytest.raises(ValueError, match="eval mode"):
         source.flat_grad_matrix(sc.smse, x, y, randomness="different")
-
-
-class Checkpointed(nn.Module):
-    """Recomputes its first block during the backward (non-reentrant activation checkpointing)."""
-
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Conv2d(1, 4, 3, padding=1, padding_mode="circular")
-        self.b = nn.Conv2d(4, 1, 3, padding=1, padding_mode="circular")
-
-    def forward(self, x):
-        from torch.utils.checkpoint import checkpoint
-
-        hidden = checkpoint(lambda t: torch.tanh(self.a(t)), x, use_reentrant=False)
-        return self.b(hidden)
-
-
-def test_what_activation_checkpointing_recomputes_in_the_backward_is_not_captured_again():
-    torch.manual_seed(0)
-    model = Checkpointed().double()
-    x, y = data(n=4, grid=8)
-    fmodel = FunctionalModel(model)
-    source = ShardedProjectedGradients(Projection(dim=fmodel.layout.size), model, fmodel)
-    rows = source.flat_grad_matrix(sc.smse, x, y, chunk_size=2)
-    expected = fmodel.layout.flatten(sc.per_sample_grads(model, sc.smse, x, y))
-    torch.testing.assert_close(rows.rows, expected, **FP64)

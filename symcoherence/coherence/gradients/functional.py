@@ -63,13 +63,13 @@ from symcoherence.coherence.gradients.parameters import (
     select_parameters,
     tied_aliases,
 )
-from symcoherence.coherence.gradients.rows import GradientRows, gather_rows
+from symcoherence.coherence.gradients.rows import GradientRows, GradientSource
 from symcoherence.coherence.gradients.vmap import batched_gradients
 
 Engine = Literal["layers", "vmap", "loop"]
 
 
-class FunctionalModel:
+class FunctionalModel(GradientSource):
     """A model called as a pure function of a (selected) parameter dict.
 
     The first gradient computation checks, with one plain autograd pass on its first sample, that
@@ -306,18 +306,6 @@ class FunctionalModel:
         ):
             flat = block if torch.is_tensor(block) else self.layout.flatten(block)
             yield GradientRows(samples, flat, flat.norm(dim=-1), losses)
-
-    def flat_grad_matrix(
-        self,
-        loss_fn: LossFn,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        chunk_size: ChunkSize = "auto",
-        randomness: Randomness = "error",
-    ) -> GradientRows:
-        """All flat per-sample gradients ``(N, P)``, their norms and losses, chunk by chunk."""
-        blocks = self.flat_grads(loss_fn, inputs, targets, chunk_size, randomness)
-        return gather_rows(blocks, inputs.shape[0], self.layout.size, self.dtype, self.device)
 
 
 __all__ = ["Engine", "FunctionalModel"]

@@ -85,7 +85,7 @@ from symcoherence.coherence.gradients.fsdp import is_sharded
 from symcoherence.coherence.gradients.functional import FunctionalModel
 from symcoherence.coherence.gradients.layout import ParameterLayout
 from symcoherence.coherence.gradients.parameters import LossFn, Randomness
-from symcoherence.coherence.gradients.rows import GradientRows, gather_rows
+from symcoherence.coherence.gradients.rows import GradientRows, GradientSource
 from symcoherence.coherence.gradients.sharded import ShardedProjectedGradients
 from symcoherence.coherence.gradients.sketches import (
     DEFAULT_DIM,
@@ -145,7 +145,7 @@ class Projection:
         return ProjectedGradients(self, model, fmodel, scale)
 
 
-class ProjectedGradients:
+class ProjectedGradients(GradientSource):
     r"""Per-sample gradients projected to ``d`` numbers, with the interface of the exact ones.
 
     :meth:`flat_grads` and :meth:`flat_grad_matrix` yield ``(c, d)`` blocks and an ``(N, d)``
@@ -172,6 +172,7 @@ class ProjectedGradients:
         scale: torch.Tensor | None = None,
     ):
         self.projection, self.fmodel, self.device = projection, fmodel, fmodel.device
+        self.dtype = fmodel.dtype
         like = torch.empty((), dtype=fmodel.dtype, device=fmodel.device)
         self.plans = plan_projection(projection, model, fmodel.layout, scale, like)
         self._kronecker = {
@@ -265,20 +266,6 @@ class ProjectedGradients:
                 expected = None
             self._checked = True
             yield GradientRows(item.samples, projected, norms, item.losses)
-
-    def flat_grad_matrix(
-        self,
-        loss_fn: LossFn,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        chunk_size: ChunkSize = "auto",
-        randomness: Randomness = "error",
-    ) -> GradientRows:
-        """All projected per-sample gradients ``(N, d)``, their norms and losses ``(N,)``."""
-        blocks = self.flat_grads(loss_fn, inputs, targets, chunk_size, randomness)
-        return gather_rows(
-            blocks, inputs.shape[0], self.layout.size, self.fmodel.dtype, self.device
-        )
 
     def _assemble(self, block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradients of the reparametrized model ``(c, P')`` -> projected ``(c, d)`` and norms."""

@@ -10,10 +10,15 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import NamedTuple
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
+
+if TYPE_CHECKING:
+    from symcoherence.coherence.gradients.chunking import ChunkSize
+    from symcoherence.coherence.gradients.layout import ParameterLayout
+    from symcoherence.coherence.gradients.parameters import LossFn, Randomness
 
 
 class GradientRows(NamedTuple):
@@ -48,3 +53,38 @@ def gather_rows(
     for samples, rows, row_norms, row_losses in blocks:
         matrix[samples], norms[samples], losses[samples] = rows, row_norms, row_losses
     return GradientRows(slice(0, num), matrix, norms, losses)
+
+
+class GradientSource:
+    """What yields per-sample gradient rows chunk by chunk (exact, projected, or sharded).
+
+    A source defines ``flat_grads`` and the attributes ``layout`` (its columns), ``dtype`` and
+    ``device``; :meth:`flat_grad_matrix` gathers all its chunks.
+    """
+
+    layout: ParameterLayout
+    dtype: torch.dtype
+    device: torch.device
+
+    def flat_grads(
+        self,
+        loss_fn: LossFn,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        chunk_size: ChunkSize = "auto",
+        randomness: Randomness = "error",
+    ) -> Iterator[GradientRows]:
+        """Yield the rows of each chunk of samples."""
+        raise NotImplementedError
+
+    def flat_grad_matrix(
+        self,
+        loss_fn: LossFn,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        chunk_size: ChunkSize = "auto",
+        randomness: Randomness = "error",
+    ) -> GradientRows:
+        """All rows ``(N, width)``, their norms and losses ``(N,)``, gathered chunk by chunk."""
+        blocks = self.flat_grads(loss_fn, inputs, targets, chunk_size, randomness)
+        return gather_rows(blocks, inputs.shape[0], self.layout.size, self.dtype, self.device)

@@ -48,11 +48,11 @@ from symcoherence.coherence.gradients.functional import FunctionalModel
 from symcoherence.coherence.gradients.layer_hooks import RULES, LayerGradients
 from symcoherence.coherence.gradients.layout import ParameterLayout
 from symcoherence.coherence.gradients.parameters import LossFn, Randomness
-from symcoherence.coherence.gradients.rows import GradientRows, gather_rows
+from symcoherence.coherence.gradients.rows import GradientRows, GradientSource
 from symcoherence.coherence.gradients.sketches import KroneckerProjection, plan_projection
 
 
-class ShardedProjectedGradients:
+class ShardedProjectedGradients(GradientSource):
     """Projected per-sample gradients of an FSDP2-sharded model (see the module docs).
 
     The interface of :class:`~symcoherence.coherence.gradients.projection.ProjectedGradients`.
@@ -93,6 +93,7 @@ class ShardedProjectedGradients:
                 "projection (the monitor then gathers a full copy of the model)"
             )
         self.model, self.fmodel, self.device = model, fmodel, fmodel.device
+        self.dtype = fmodel.dtype
         self._layers = layers
         like = torch.empty((), dtype=fmodel.dtype, device=fmodel.device)
         self.plans = plan_projection(projection, model, fmodel.layout, scale, like)
@@ -145,20 +146,6 @@ class ShardedProjectedGradients:
         for begin in range(start, num, size):
             samples = slice(begin, min(begin + size, num))
             yield self._chunk(loss_fn, inputs[samples], targets[samples], samples)
-
-    def flat_grad_matrix(
-        self,
-        loss_fn: LossFn,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        chunk_size: ChunkSize = "auto",
-        randomness: Randomness = "error",
-    ) -> GradientRows:
-        """All projected per-sample gradients ``(N, d)``, their norms and losses ``(N,)``."""
-        blocks = self.flat_grads(loss_fn, inputs, targets, chunk_size, randomness)
-        return gather_rows(
-            blocks, inputs.shape[0], self.layout.size, self.fmodel.dtype, self.device
-        )
 
     def _chunk(
         self,

@@ -18,8 +18,9 @@ Memory per rank: the projected rows (``N·d`` numbers), one layer's per-sample g
 chunk, and what FSDP itself gathers for a unit; never the full parameter vector (``σ`` of the
 ``adam`` metric is the exception: :class:`~symcoherence.coherence.Adam` gathers the second moments,
 ``P`` numbers). The rows equal those of :class:`~symcoherence.coherence.gradients.projection.ProjectedGradients`
-on the gathered model (same blocks, same seed), to rounding: the Kronecker blocks are applied to
-the exact layer gradient here, through the layer's output there.
+on the gathered model (same blocks, same seed), to rounding. An unscaled Kronecker block is
+computed from ``x`` and ``δ`` without forming the weight gradient, ``P_outᵀ G Qᵀ = Σ_t
+(P_outᵀ δ_t)(Q u_t)ᵀ``; a ``σ``-scaled one and a count sketch take the layer's exact gradient.
 
 Collective: every rank must make the same calls in the same order (each unit's all-gathers pair
 up across ranks), so every rank measures the same probes and elements, and the chunk size is the

@@ -148,10 +148,11 @@ def measure_run(
     optimizer = optimizers[0] if optimizers else None
     inputs, targets = probe
     model = measured_model(pl_module)
-    in_place = sharded.is_sharded(model) and spec.projection is not None
-    if sharded.is_sharded(model):
+    is_sharded = sharded.is_sharded(model)
+    in_place = is_sharded and spec.projection is not None
+    if is_sharded:
         sharded.check_data_parallel(model)
-    if sharded.is_sharded(model) and not in_place:
+    if is_sharded and not in_place:
         # every rank gathers the same tensors in the same order, before anything can fail
         replica = sharded.plain_replica(model)
         if optimizer is not None and spec.metric == "adam":

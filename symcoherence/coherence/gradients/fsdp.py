@@ -68,7 +68,7 @@ def check_fsdp_units(model: nn.Module) -> None:
         ValueError: naming the parameters.
     """
     fsdp = fsdp_module_type()
-    units = [m for m in model.modules() if fsdp is not None and isinstance(m, fsdp)]
+    units = [] if fsdp is None else [m for m in model.modules() if isinstance(m, fsdp)]
     gathered = {id(p) for unit in units for p in unit.parameters()}
     loose = [n for n, p in model.named_parameters() if is_dtensor(p) and id(p) not in gathered]
     if loose:

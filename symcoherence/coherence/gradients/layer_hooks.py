@@ -214,7 +214,7 @@ class HookMismatch(RuntimeError):
     """The hooks could not produce the per-sample gradients (the model is not covered after all)."""
 
 
-def fold_copies(value: torch.Tensor, num: int) -> torch.Tensor:
+def _per_sample(value: torch.Tensor, num: int) -> torch.Tensor:
     """A rule's rows ``(m·n, ...)`` as ``n`` per-sample values: the sum of each sample's ``m`` copies.
 
     Copy-major (row ``k·n + i`` is copy ``k`` of sample ``i``); a model that stacks its copies
@@ -389,7 +389,7 @@ class LayerGradients:
                 for local, value in rule(module, seen, delta).items():
                     name = layer.names.get(local)
                     if name is not None:
-                        receive(name, fold_copies(value, inputs.shape[0]), complete)
+                        receive(name, _per_sample(value, inputs.shape[0]), complete)
 
             output.register_hook(on_backward)
 
@@ -406,4 +406,4 @@ class LayerGradients:
         return losses.detach()
 
 
-__all__ = ["RULES", "HookMismatch", "LayerGradients", "fold_copies", "register_rule"]
+__all__ = ["RULES", "HookMismatch", "LayerGradients", "register_rule"]

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -55,7 +56,7 @@ def gather_rows(
     return GradientRows(slice(0, num), matrix, norms, losses)
 
 
-class GradientSource:
+class GradientSource(ABC):
     """What yields per-sample gradient rows chunk by chunk (exact, projected, or sharded).
 
     A source defines ``flat_grads`` and the attributes ``layout`` (its columns), ``dtype`` and
@@ -66,6 +67,7 @@ class GradientSource:
     dtype: torch.dtype
     device: torch.device
 
+    @abstractmethod
     def flat_grads(
         self,
         loss_fn: LossFn,
@@ -75,7 +77,6 @@ class GradientSource:
         randomness: Randomness = "error",
     ) -> Iterator[GradientRows]:
         """Yield the rows of each chunk of samples."""
-        raise NotImplementedError
 
     def flat_grad_matrix(
         self,

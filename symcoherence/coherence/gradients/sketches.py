@@ -131,11 +131,11 @@ class KroneckerProjection:
             return (
                 F.linear(x, weight) if self.spatial == 0 else module._conv_forward(x, weight, None)
             )
+        features = self.input_features(x)
         if self.spatial == 0:
-            return F.linear(F.linear(F.linear(x, self.in_factor), z), self.out_factor)
+            return F.linear(F.linear(features, z), self.out_factor)
         conv = (F.conv1d, F.conv2d, F.conv3d)[self.spatial - 1]
         pointwise = (1,) * self.spatial
-        features = module._conv_forward(x, self.in_factor.reshape(self.k_in, *self.shape[1:]), None)
         mixed = conv(features, z.reshape(*z.shape, *pointwise))
         return conv(mixed, self.out_factor.reshape(*self.out_factor.shape, *pointwise))
 
@@ -151,15 +151,21 @@ class KroneckerProjection:
         """
         if self.scale is not None:
             raise ValueError("a σ-scaled Kronecker projection needs the layer's weight gradient")
-        rows = x.shape[0]
+        rows, features = x.shape[0], self.input_features(x)
         if self.spatial == 0:
-            features = F.linear(x, self.in_factor).reshape(rows, -1, self.k_in)
+            features = features.reshape(rows, -1, self.k_in)
             outputs = (delta @ self.out_factor).reshape(rows, -1, self.k_out).transpose(1, 2)
         else:
-            filters = self.in_factor.reshape(self.k_in, *self.shape[1:])
-            features = self.module._conv_forward(x, filters, None).flatten(2).transpose(1, 2)
+            features = features.flatten(2).transpose(1, 2)
             outputs = torch.matmul(self.out_factor.T, delta.flatten(2))
         return torch.bmm(outputs, features).flatten(1)
+
+    def input_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``Q ⋆ x``: the ``k_in`` rows of ``Q`` applied as the layer applies its weight."""
+        if self.spatial == 0:
+            return F.linear(x, self.in_factor)
+        filters = self.in_factor.reshape(self.k_in, *self.shape[1:])
+        return self.module._conv_forward(x, filters, None)
 
 
 def kronecker_module(model: nn.Module, name: str, tied: set[str]) -> nn.Module | None:
